@@ -1,0 +1,141 @@
+"""Regenerate the numbers in README.md from result files (no number in the README is typed).
+
+    python bench/update_readme.py --run     # re-run the sine experiment into docs/results/sine/, then render
+    python bench/update_readme.py           # only re-render README blocks from the committed JSON files
+
+Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are replaced:
+
+* ``sine``: docs/results/sine/results.json, written by
+  ``ml3tf train sine --out-dir <tmp> --seeds 0 1 2 3 4`` (the README's first command);
+* ``bench-sine``: bench/results/sine.json, written by ``python bench/sine.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+README = os.path.join(REPO, "README.md")
+SINE_DIR = os.path.join(REPO, "docs", "results", "sine")
+
+
+def run_sine() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "sine")
+        cmd = [
+            sys.executable,
+            "-m",
+            "ml3tf",
+            "train",
+            "sine",
+            "--out-dir",
+            out,
+            "--seeds",
+            "0",
+            "1",
+            "2",
+            "3",
+            "4",
+        ]
+        subprocess.run([*cmd, "--quiet"], check=True, cwd=REPO)
+        os.makedirs(SINE_DIR, exist_ok=True)
+        for name in ("results.json", "results.png"):
+            shutil.copy(os.path.join(out, name), os.path.join(SINE_DIR, name))
+
+
+def _pm(r: dict, method: str) -> str:
+    return f"{r[method]:.3f} ± {r[method + '_std']:.3f}"
+
+
+def render_sine() -> str:
+    with open(os.path.join(SINE_DIR, "results.json")) as f:
+        res = json.load(f)
+    lines = [
+        f"MSE of fresh learners (mean ± std over seeds {res['seeds']}; "
+        f"meta-test: {res['steps']} SGD steps at lr {res['config']['inner_lr']}):",
+        "",
+        "| split | after | learned loss (ML3) | MSE loss |",
+        "|---|---|---|---|",
+    ]
+    for key, after in (("at_step_1", "1 step"), ("final", f"{res['steps']} steps")):
+        for split in ("train", "test"):
+            r = res[key][split]
+            lines.append(f"| {split} | {after} | {_pm(r, 'learned')} | {_pm(r, 'baseline')} |")
+    lines += [
+        "",
+        "Written by `ml3tf train sine --out-dir … --seeds 0 1 2 3 4` "
+        "(via `python bench/update_readme.py --run`) into "
+        "[docs/results/sine/results.json](docs/results/sine/results.json); "
+        "plot: [docs/results/sine/results.png](docs/results/sine/results.png).",
+    ]
+    return "\n".join(lines)
+
+
+def render_bench_sine() -> str:
+    with open(os.path.join(REPO, "bench", "results", "sine.json")) as f:
+        b = json.load(f)
+    m = b["machine"]
+    lines = [
+        f"Measured by `python bench/sine.py` on {m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} "
+        f"({b['date']}; [bench/results/sine.json](bench/results/sine.json)).",
+        "",
+        "| inner steps K | eager ms/step | `tf.function` ms/step | XLA ms/step "
+        "| tf.function speed-up | XLA speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in b["meta_step_ms"]:
+        lines.append(
+            f"| {r['inner_steps']} | {r['eager_ms']:.2f} | {r['function_ms']:.3f} | {r['xla_ms']:.3f} "
+            f"| {r['function_speedup_vs_eager']:.1f}× | {r['xla_speedup_vs_eager']:.1f}× |"
+        )
+    lean, equal = b["experiment"], b["experiment_eval_every_10"]
+    lines += [
+        "",
+        "| whole 5-seed experiment (process start to exit) | seconds (median) |",
+        "|---|---|",
+        f"| `ml3tf train sine --seeds 0 1 2 3 4` (paper protocol, meta-test at the end) "
+        f"| {lean['seconds_median']:.1f} |",
+        f"| same with `--eval-every 10` (the authors' script's amount of work) "
+        f"| {equal['seconds_median']:.1f} |",
+        f"| authors' PyTorch script, same work, quiet 2-core machine (reference figure, not re-run) "
+        f"| {b['authors_pytorch_quiet_seconds']:.0f} |",
+        "",
+        f"Equal work: {b['speedup_vs_authors_equal_work']:.1f}× faster than the authors' script; "
+        f"the lean default run: {b['speedup_vs_authors_lean']:.1f}×.",
+    ]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README.md has no block 'generated:{name}'")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", action="store_true", help="re-run the sine experiment first")
+    args = ap.parse_args()
+    if args.run:
+        run_sine()
+    with open(README) as f:
+        text = f.read()
+    text = replace_block(text, "sine", render_sine())
+    if os.path.exists(os.path.join(REPO, "bench", "results", "sine.json")):
+        text = replace_block(text, "bench-sine", render_bench_sine())
+    with open(README, "w") as f:
+        f.write(text)
+    print("README.md updated")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""ml3tf: Meta-Learning via Learned Loss (ML3, Bechtle et al., ICPR 2021) on TF2 / Keras 3.
+
+    inner:  θ' = θ − α ∇_θ E[ M_φ(f_θ(x), y) ]        (K differentiable steps)
+    outer:  φ  ← φ − η ∇_φ L_T(y, f_θ'(x))             (through the K steps)
+
+Example:
+    >>> import ml3tf, tasks
+    >>> task = tasks.get("sine")
+    >>> run = ml3tf.train(task, task.default_config(), out_dir="runs/sine", seeds=[0, 1, 2, 3, 4])
+    >>> run.results["final"]["test"]
+
+Names are loaded on first use, so ``ml3tf --help`` answers without importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Adam": "ml3tf.inner",
+    "Checkpointer": "ml3tf.checkpoint",
+    "FunctionalModel": "ml3tf.functional",
+    "InnerOptimizer": "ml3tf.inner",
+    "MetaLossNetwork": "ml3tf.meta_loss",
+    "MetaStepInfo": "ml3tf.meta_trainer",
+    "MetaTrainConfig": "ml3tf.config",
+    "MetaTrainer": "ml3tf.meta_trainer",
+    "Momentum": "ml3tf.inner",
+    "NonFiniteError": "ml3tf.meta_trainer",
+    "SGD": "ml3tf.inner",
+    "SupervisedTask": "ml3tf.task",
+    "Task": "ml3tf.task",
+    "TaskBatch": "ml3tf.task",
+    "TrainResult": "ml3tf.run",
+    "evaluate_files": "ml3tf.run",
+    "load_meta_loss": "ml3tf.meta_loss",
+    "make_inner_optimizer": "ml3tf.inner",
+    "train": "ml3tf.run",
+    "unroll": "ml3tf.inner",
+}
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "Checkpointer",
+    "FunctionalModel",
+    "InnerOptimizer",
+    "MetaLossNetwork",
+    "MetaStepInfo",
+    "MetaTrainConfig",
+    "MetaTrainer",
+    "Momentum",
+    "NonFiniteError",
+    "SupervisedTask",
+    "Task",
+    "TaskBatch",
+    "TrainResult",
+    "evaluate_files",
+    "load_meta_loss",
+    "make_inner_optimizer",
+    "train",
+    "unroll",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ml3tf.checkpoint import Checkpointer
+    from ml3tf.config import MetaTrainConfig
+    from ml3tf.functional import FunctionalModel
+    from ml3tf.inner import SGD, Adam, InnerOptimizer, Momentum, make_inner_optimizer, unroll
+    from ml3tf.meta_loss import MetaLossNetwork, load_meta_loss
+    from ml3tf.meta_trainer import MetaStepInfo, MetaTrainer, NonFiniteError
+    from ml3tf.run import TrainResult, evaluate_files, train
+    from ml3tf.task import SupervisedTask, Task, TaskBatch
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ml3tf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,249 @@
+"""The ``ml3tf`` command (also ``python -m ml3tf``): the composition root.
+
+    ml3tf tasks
+    ml3tf train TASK --out-dir DIR [--seeds 0 1 2 3 4] [--no-eval] [config/task flags]
+    ml3tf eval  TASK --meta-loss FILE [FILE …] --out-dir DIR [--seeds …] [--eval-steps N]
+
+``eval`` starts from the config.json that ``train`` wrote beside the first
+meta-loss file (same task), so a run is evaluated with its own protocol.
+
+Config flags are generated from ``MetaTrainConfig`` and the task's options
+dataclass (``--inner-lr``, ``--meta-steps``, ``--mode`` …); their defaults are the
+task's paper protocol. Errors in what was asked print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import json
+import logging
+import os
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+PROG = "ml3tf"
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        raise UsageError(message)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal after each dataclass field)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for prev, node in itertools.pairwise(body):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> list[str]:
+    """Add ``--kebab-case`` flags for every field of ``cls``; unset flags stay absent."""
+    docs = field_docs(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        help_text = docs.get(f.name, "")
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, tuple):
+            kwargs["nargs"] = "+"
+            kwargs["type"] = type(default[0]) if default else float
+            kwargs["metavar"] = "V"
+        else:
+            kwargs["type"] = type(default)
+        parser.add_argument(flag, help=f"{help_text} (default: {default})", **kwargs)
+        names.append(f.name)
+    return names
+
+
+def _picked(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for n in names:
+        if hasattr(args, n):
+            v = getattr(args, n)
+            out[n] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[str, list[str]]]:
+    from ml3tf.config import MetaTrainConfig
+
+    parser = _Parser(prog=PROG, description="ML3: meta-learning via learned loss, on TF2/Keras 3.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("tasks", help="list the registered tasks")
+    groups: dict[str, list[str]] = {}
+    task_cls = None
+    if task_name is not None:
+        import tasks
+
+        task_cls = tasks.task_class(task_name)  # ValueError on unknown names
+
+    for cmd in ("train", "eval"):
+        p = sub.add_parser(cmd, help=f"{cmd} a learned loss for TASK")
+        p.add_argument("task", help="task name (see `ml3tf tasks`)")
+        p.add_argument("--out-dir", required=True, help="output folder (created; resumed by train)")
+        p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run")
+        p.add_argument(
+            "--quiet",
+            action="store_true",
+            help="no progress bar; print only the final metrics as one JSON line",
+        )
+        if cmd == "train":
+            p.add_argument("--no-eval", action="store_true", help="skip the meta-test after training")
+        else:
+            p.add_argument(
+                "--meta-loss", nargs="+", required=True, help="meta_loss.keras file(s): one, or one per seed"
+            )
+        cfg_group = p.add_argument_group("meta-training config (MetaTrainConfig)")
+        groups["config"] = add_dataclass_flags(cfg_group, MetaTrainConfig)
+        groups["task"] = []
+        if task_cls is not None and hasattr(task_cls, "Options"):
+            t_group = p.add_argument_group(f"task options ({task_name})")
+            groups["task"] = add_dataclass_flags(t_group, task_cls.Options)
+    return parser, groups
+
+
+def _saved_run(meta_loss_path: str, task_name: str) -> dict[str, Any]:
+    """The ``config.json`` beside a ``meta_loss.keras`` made by ``ml3tf train`` for the same task.
+
+    ``ml3tf eval`` starts from it, so that a run is evaluated with the protocol it was
+    trained with; flags given on the command line still win.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(meta_loss_path)), "config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(saved, dict) or saved.get("task") != task_name:
+        return {}
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.get("task_options", {}).items()}
+    return {**saved, "task_options": opts}
+
+
+def _progress_callback(meta_steps: int, quiet: bool):
+    if quiet:
+        return None
+    import keras
+
+    bars: dict[int, Any] = {}
+
+    def on_step(seed: int, step: int, info: Any) -> None:
+        bar = bars.get(seed)
+        if bar is None:
+            print(f"seed {seed}", file=sys.stderr)
+            bar = bars[seed] = keras.utils.Progbar(meta_steps, stateful_metrics=["task_loss", "learned_loss"])
+        bar.update(step + 1, [("task_loss", info.task_loss), ("learned_loss", info.learned_loss)])
+
+    return on_step
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 bad input, 1 failure)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
+    # First pass: find the task, so that its option flags can be generated.
+    task_name = None
+    if len(argv) >= 2 and argv[0] in ("train", "eval") and not argv[1].startswith("-"):
+        task_name = argv[1]
+    if (argv and argv[0] in ("-h", "--help")) or not argv:
+        _build_parser(None)[0].print_help()
+        return 0 if argv else 2
+    parser, groups = _build_parser(task_name)
+    args = parser.parse_args(argv)
+
+    import tasks
+
+    if args.command == "tasks":
+        for name in tasks.names():
+            print(f"{name:16s} {tasks.describe(name)}")
+        return 0
+
+    logger = logging.getLogger("ml3tf")  # ours only: TensorFlow's INFO lines stay quiet
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    saved = _saved_run(args.meta_loss[0], args.task) if args.command == "eval" else {}
+    task = tasks.get(args.task, **{**saved.get("task_options", {}), **_picked(args, groups["task"])})
+    config = task.default_config()
+    if "config" in saved:
+        from ml3tf.config import MetaTrainConfig
+
+        config = MetaTrainConfig.from_dict(saved["config"])
+    config = config.replace(**_picked(args, groups["config"]))
+
+    import ml3tf
+    from ml3tf.results import format_summary
+
+    if args.command == "train":
+        run = ml3tf.train(
+            task,
+            config,
+            args.out_dir,
+            seeds=args.seeds,
+            evaluate=not args.no_eval,
+            on_step=_progress_callback(config.meta_steps, args.quiet),
+        )
+        results = run.results
+        if not args.quiet:
+            print(f"meta-losses: {', '.join(run.meta_loss_paths)}")
+    else:
+        seeds = args.seeds
+        if seeds is None:
+            seeds = list(range(len(args.meta_loss))) if len(args.meta_loss) > 1 else [0, 1, 2, 3, 4]
+        results = ml3tf.evaluate_files(task, args.meta_loss, config, args.out_dir, seeds)
+    if results is not None and not args.quiet:
+        print(format_summary(results))
+        print(f"wrote {os.path.join(args.out_dir, 'results.json')} and results.png")
+    elif results is not None:
+        print(json.dumps(results["final"]))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

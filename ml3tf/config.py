@@ -1,0 +1,116 @@
+"""``MetaTrainConfig``: every hyper-parameter of a meta-training run, in one frozen dataclass.
+
+Kept free of TensorFlow imports so that the command line can describe it
+(``ml3tf train sine --help``) without loading TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+#: Inner optimizers ``ml3tf.inner`` provides (differentiable, on tensors).
+INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """Hyper-parameters of one meta-training run (saved as ``config.json``).
+
+    The defaults are the paper's sine protocol; each task supplies its own via
+    ``task.default_config()``.
+    """
+
+    inner_steps: int = 1
+    """K: differentiable inner SGD steps per meta-step."""
+    inner_lr: float = 1e-3
+    """α: inner learning rate (also the meta-test learning rate)."""
+    inner_optimizer: str = "sgd"
+    """Inner optimizer: ``sgd`` (paper), ``momentum`` or ``adam`` (all differentiable)."""
+    inner_momentum: float = 0.9
+    """μ for ``inner_optimizer=momentum``."""
+    meta_lr: float = 1e-3
+    """η: learning rate of the outer optimizer on φ."""
+    meta_optimizer: str = "adam"
+    """Outer Keras optimizer on φ: ``adam`` (paper) or ``sgd``."""
+    meta_steps: int = 500
+    """Number of outer updates of φ."""
+    meta_batch_size: int = 1
+    """Tasks per meta-step (the meta-objective is their mean)."""
+    seed: int = 0
+    """Seed of φ's initialisation, the task sampling and the learner inits."""
+    task_loss_weight: float = 1.0
+    """β in the meta-objective β·L_task + γ·L_extra."""
+    extra_loss_weight: float = 0.0
+    """γ in the meta-objective β·L_task + γ·L_extra (needs a task with ``extra_loss``)."""
+    unroll_loop: str = "auto"
+    """``python`` (unrolled graph), ``while`` (tf.while_loop) or ``auto`` (python for K ≤ 10)."""
+    jit_compile: bool = False
+    """Compile the meta-step with XLA (slower on CPU for the tiny sine step; for GPU/TPU)."""
+    eval_steps: int = 100
+    """Meta-test SGD steps of fresh learners."""
+    eval_jit_compile: bool = True
+    """Compile the meta-test curves with XLA (faster on CPU too; turn off to debug)."""
+    eval_every: int = 0
+    """Evaluate (learned loss vs baseline) every N meta-steps into metrics.jsonl; 0: never."""
+    steps_per_call: int = 50
+    """Meta-steps per compiled call (a loop inside the graph; metrics stay per step)."""
+    checkpoint_every: int = 100
+    """Save a resumable checkpoint every N meta-steps (and at the end)."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars to ``<run dir>/tensorboard``."""
+
+    def __post_init__(self) -> None:
+        _at_least("inner_steps", self.inner_steps, 1)
+        _positive("inner_lr", self.inner_lr)
+        _positive("meta_lr", self.meta_lr)
+        _at_least("meta_steps", self.meta_steps, 1)
+        _at_least("meta_batch_size", self.meta_batch_size, 1)
+        _at_least("seed", self.seed, 0)
+        _at_least("eval_steps", self.eval_steps, 1)
+        _at_least("eval_every", self.eval_every, 0)
+        _at_least("checkpoint_every", self.checkpoint_every, 1)
+        _at_least("steps_per_call", self.steps_per_call, 1)
+        if self.inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(
+                f"inner_optimizer must be one of {INNER_OPTIMIZERS}, got {self.inner_optimizer!r}"
+            )
+        if not 0.0 <= self.inner_momentum < 1.0:
+            raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}")
+        if self.meta_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
+        if self.unroll_loop not in ("auto", "python", "while"):
+            raise ValueError(f"unroll_loop must be 'auto', 'python' or 'while', got {self.unroll_loop!r}")
+        for name in ("task_loss_weight", "extra_loss_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.task_loss_weight == 0 and self.extra_loss_weight == 0:
+            raise ValueError("task_loss_weight and extra_loss_weight cannot both be 0")
+
+    def replace(self, **changes: Any) -> MetaTrainConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown MetaTrainConfig fields: {unknown}")
+        return cls(**d)

@@ -1,0 +1,151 @@
+"""The learned loss network M_φ.
+
+ML3 (Bechtle et al., ICPR 2021) replaces a hand-written loss by a small network
+
+    M_φ(ŷ, y [, g]) = softplus( W_L σ( … σ( W_1 [ŷ, y, g] ) … ) )
+
+evaluated per example; the learner's loss is the mean over the batch. The
+softplus output keeps the loss non-negative, which the paper uses for all of its
+supervised losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+_OUTPUT_ACTIVATIONS = ("softplus", "linear", "relu", "exp")
+
+
+@keras.saving.register_keras_serializable(package="ml3tf")
+class MetaLossNetwork(keras.Model):
+    """An MLP loss network ``M_φ``: features ``(N, input_dim)`` → per-example loss ``(N, 1)``.
+
+    The features are whatever the task lets the loss see, concatenated along the
+    last axis: ``[ŷ, y]`` for supervised learning, ``[x, ŷ, y]`` when the input is
+    extra information, ``[s, a, g]`` for reinforcement learning.
+
+    Args:
+        input_dim: number of input features (2 for the paper's sine loss ``(ŷ, y)``).
+        hidden_units: width of each hidden layer, e.g. ``(50, 50)``.
+        activation: Keras activation name of the hidden layers.
+        use_bias: whether the dense layers have biases (the paper's sine loss has none).
+        output_activation: ``"softplus"`` (non-negative loss, the paper's choice),
+            ``"linear"``, ``"relu"`` or ``"exp"``.
+        kernel_initializer: Keras initializer name for the kernels (Xavier uniform,
+            as in the authors' code).
+
+    Example:
+        >>> import numpy as np
+        >>> net = MetaLossNetwork(input_dim=2, hidden_units=(50, 50), use_bias=False)
+        >>> per_example = net(np.zeros((4, 2), "float32"))   # shape (4, 1)
+        >>> value = net.loss_value(np.zeros((4, 1)), np.ones((4, 1)))  # mean over the batch
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_units: Sequence[int] = (50, 50),
+        activation: str = "relu",
+        use_bias: bool = False,
+        output_activation: str = "softplus",
+        kernel_initializer: str = "glorot_uniform",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if int(input_dim) < 1:
+            raise ValueError(f"input_dim must be >= 1, got {input_dim!r}")
+        hidden_units = tuple(int(h) for h in hidden_units)
+        if any(h < 1 for h in hidden_units):
+            raise ValueError(f"hidden_units must all be >= 1, got {hidden_units!r}")
+        if output_activation not in _OUTPUT_ACTIVATIONS:
+            raise ValueError(
+                f"output_activation must be one of {_OUTPUT_ACTIVATIONS}, got {output_activation!r}"
+            )
+        keras.activations.get(activation)  # raises a clear ValueError on unknown names
+        self.input_dim = int(input_dim)
+        self.hidden_units = hidden_units
+        self.activation = activation
+        self.use_bias = bool(use_bias)
+        self.output_activation = output_activation
+        self.kernel_initializer = kernel_initializer
+        self.hidden_layers = [
+            keras.layers.Dense(
+                h,
+                activation=activation,
+                use_bias=self.use_bias,
+                kernel_initializer=kernel_initializer,
+                name=f"hidden_{i}",
+            )
+            for i, h in enumerate(hidden_units)
+        ]
+        self.output_layer = keras.layers.Dense(
+            1, use_bias=self.use_bias, kernel_initializer=kernel_initializer, name="output"
+        )
+        self.build((None, self.input_dim))
+
+    def build(self, input_shape: Any) -> None:
+        shape = tuple(input_shape)
+        for layer in self.hidden_layers:
+            layer.build(shape)
+            shape = (shape[0], layer.units)
+        self.output_layer.build(shape)
+        self.built = True
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        h = inputs
+        for layer in self.hidden_layers:
+            h = layer(h)
+        out = self.output_layer(h)
+        if self.output_activation == "softplus":
+            return tf.math.softplus(out)
+        if self.output_activation == "relu":
+            return tf.nn.relu(out)
+        if self.output_activation == "exp":
+            return tf.exp(out)
+        return out
+
+    def loss_value(self, y_pred: Any, y_true: Any, extra: Any = None) -> tf.Tensor:
+        """Mean of ``M_φ([ŷ, y(, extra)])`` over the batch (rank-2 inputs)."""
+        parts = [y_pred, y_true] + ([] if extra is None else [extra])
+        dtype = self.compute_dtype
+        feats = tf.concat([tf.cast(p, dtype) for p in parts], axis=-1)
+        return tf.reduce_mean(self(feats))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            input_dim=self.input_dim,
+            hidden_units=list(self.hidden_units),
+            activation=self.activation,
+            use_bias=self.use_bias,
+            output_activation=self.output_activation,
+            kernel_initializer=self.kernel_initializer,
+        )
+        return config
+
+
+def load_meta_loss(path: str) -> keras.Model:
+    """Load a meta-loss network saved as ``.keras`` (``safe_mode=True``: no code runs).
+
+    Raises:
+        ValueError: the file is missing, not a ``.keras`` archive, or holds no loss network.
+    """
+    import os
+    import zipfile
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"meta-loss file {path!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"meta-loss file {path!r} is not a .keras archive")
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # keras raises many types for foreign/corrupt archives
+        raise ValueError(f"meta-loss file {path!r} could not be loaded: {exc}") from None
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"meta-loss file {path!r} does not hold a Keras model")
+    return model

@@ -1,0 +1,318 @@
+"""The outer loop of ML3: ``φ ← φ − η ∇_φ L_T(f_{θ_K(φ)})``.
+
+For each task in the meta-batch the learner is re-initialised (θ_0, Xavier
+weights, zero biases, as in the authors' code), trained for K differentiable
+steps on the learned loss,
+
+    θ_{k+1} = θ_k − α ∇_θ E[ M_φ(f_{θ_k}(x), y) ]        (support set)
+
+and scored by the meta-objective
+
+    L(φ) = β · L_task(y, f_{θ_K}(x)) + γ · L_extra        (query set)
+
+whose gradient reaches φ only through the inner gradients (the mixed second
+derivative ∂/∂φ ∇_θ M_φ). There is deliberately no first-order / stop-gradient
+mode: it would leave φ without any gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ml3tf.config import MetaTrainConfig
+from ml3tf.functional import FunctionalModel
+from ml3tf.inner import make_inner_optimizer, unroll
+from ml3tf.task import Task, TaskBatch
+
+
+class MetaStepInfo(NamedTuple):
+    """What one meta-step reports (scalars, averaged over the meta-batch).
+
+    Attributes:
+        objective: the meta-objective β·L_task + γ·L_extra that φ descends.
+        task_loss: L_task after the inner steps, on the query set.
+        extra_loss: L_extra after the inner steps (0 when the task has none).
+        learned_loss: the learned loss M_φ at θ_0 on the support set.
+        meta_grad_norm: global norm of ∇_φ of the objective.
+    """
+
+    objective: Any
+    task_loss: Any
+    extra_loss: Any
+    learned_loss: Any
+    meta_grad_norm: Any
+
+
+class MetaTrainer:
+    """Meta-trains a loss network for a task.
+
+    ``meta_gradient`` and ``meta_step`` run eagerly (debuggable); ``step`` is the
+    same computation compiled with ``tf.function`` (``config.jit_compile`` adds
+    XLA) and traced once per trainer.
+
+    Args:
+        task: a ``Task`` (e.g. ``tasks.get("sine")``).
+        config: a ``MetaTrainConfig``.
+        meta_loss: an existing loss network to continue training; by default
+            ``task.make_meta_loss()`` initialised from ``config.seed``.
+
+    Example:
+        >>> import ml3tf, tasks
+        >>> task = tasks.get("sine")
+        >>> trainer = ml3tf.MetaTrainer(task, task.default_config().replace(meta_steps=10))
+        >>> info = trainer.step(task.sample(seed=0, step=0, batch_size=1), step=0)
+    """
+
+    def __init__(self, task: Task, config: MetaTrainConfig, meta_loss: keras.Model | None = None):
+        if not isinstance(config, MetaTrainConfig):
+            raise ValueError(f"config must be a MetaTrainConfig, got {type(config).__name__}")
+        self.task = task
+        self.config = config
+        keras.utils.set_random_seed(config.seed)
+        self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
+        self.learner = task.make_learner()
+        self.functional = FunctionalModel(self.learner)
+        self.inner_optimizer = make_inner_optimizer(
+            config.inner_optimizer, config.inner_lr, config.inner_momentum
+        )
+        if config.meta_optimizer == "adam":
+            self.optimizer = keras.optimizers.Adam(config.meta_lr)
+        else:
+            self.optimizer = keras.optimizers.SGD(config.meta_lr)
+        self.optimizer.build(self.meta_loss.trainable_variables)
+        self._gradient_fn = tf.function(self._gradient, jit_compile=config.jit_compile)
+        self._compiled = tf.function(self._graph_step)
+        self._compiled_many = tf.function(self._graph_steps, reduce_retracing=True)
+
+    def reset(self, seed: int) -> None:
+        """Start over with ``seed``: fresh φ (as a new trainer would draw it) and fresh
+        optimizer moments, keeping the compiled step (no new trace).
+
+        ``tf.function`` captured this trainer's variables, so they are re-assigned,
+        never replaced; the optimizer's learning rate is left alone.
+        """
+        self.config = self.config.replace(seed=seed)
+        keras.utils.set_random_seed(seed)
+        fresh = self.task.make_meta_loss()
+        for v, w in zip(self.meta_loss.weights, fresh.weights, strict=True):
+            v.assign(w)
+        for v in self.optimizer.variables:
+            if v is not getattr(self.optimizer, "_learning_rate", None) and not v.path.endswith(
+                "learning_rate"
+            ):
+                v.assign(tf.zeros_like(v))
+
+    # --- the math ------------------------------------------------------------------
+    def inner_loss_fn(self, data: dict):
+        """``(θ, state) ↦ (mean M_φ(features(f_θ, support)), new_state)``."""
+
+        def loss_fn(params, state):
+            feats, new_state = self.task.meta_loss_inputs(self.functional, params, state, data)
+            per_example = self.meta_loss(feats)
+            return tf.reduce_mean(per_example), new_state
+
+        return loss_fn
+
+    def adapt(self, params0: list, data: dict, state: list | None = None):
+        """θ_K after ``config.inner_steps`` differentiable steps on the learned loss."""
+        state = self.functional.state() if state is None else state
+        return unroll(
+            self.inner_loss_fn(data),
+            params0,
+            self.inner_optimizer,
+            self.config.inner_steps,
+            state=state,
+            loop=self.config.unroll_loop,
+        )
+
+    def initial_params(self, init_seeds: Any) -> list[list[tf.Tensor]]:
+        """θ_0 of each task in the meta-batch from its stateless seed (``init_seeds``: ``(B, 2)``)."""
+        return [self.functional.init_params(init_seeds[b]) for b in range(len(init_seeds))]
+
+    def objective(self, batch: TaskBatch, init_seeds: Any) -> tuple[tf.Tensor, dict]:
+        """Meta-objective averaged over the meta-batch; differentiable w.r.t. φ.
+
+        ``init_seeds`` is an int array ``(B, 2)``: the stateless seeds of each task's θ_0
+        (or, already expanded, the list of θ_0 from ``initial_params``).
+        """
+        cfg = self.config
+        params0s = init_seeds if isinstance(init_seeds, list) else self.initial_params(init_seeds)
+        totals, task_losses, extras, learned = [], [], [], []
+        for b in range(batch.batch_size):
+            one = batch.task(b)
+            res = self.adapt(params0s[b], one.support)
+            lt = self.task.task_loss(self.functional, res.params, res.state, one.query)
+            le = None
+            if cfg.extra_loss_weight:
+                le = self.task.extra_loss(self.functional, res.params, res.state, one.query, one.extra)
+                if le is None:
+                    raise ValueError(
+                        f"extra_loss_weight={cfg.extra_loss_weight} but task "
+                        f"{getattr(self.task, 'name', self.task)!r} has no extra_loss"
+                    )
+            total = cfg.task_loss_weight * lt
+            if le is not None:
+                total = total + cfg.extra_loss_weight * le
+            totals.append(total)
+            task_losses.append(lt)
+            extras.append(le if le is not None else tf.zeros_like(lt))
+            learned.append(res.first_loss)
+        parts = {
+            "task_loss": tf.add_n(task_losses) / len(task_losses),
+            "extra_loss": tf.add_n(extras) / len(extras),
+            "learned_loss": tf.add_n(learned) / len(learned),
+        }
+        return tf.add_n(totals) / len(totals), parts
+
+    def meta_gradient(self, batch: TaskBatch, init_seeds: Any) -> tuple[list, MetaStepInfo]:
+        """``∇_φ`` of the meta-objective (eager unless called inside a graph)."""
+        variables = self.meta_loss.trainable_variables
+        with tf.GradientTape() as tape:
+            total, parts = self.objective(batch, init_seeds)
+        grads = tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        info = MetaStepInfo(
+            objective=total,
+            task_loss=parts["task_loss"],
+            extra_loss=parts["extra_loss"],
+            learned_loss=parts["learned_loss"],
+            meta_grad_norm=tf.linalg.global_norm(grads),
+        )
+        return grads, info
+
+    def _gradient(self, support, query, extra, params0s):
+        return self.meta_gradient(TaskBatch(support, query, extra), params0s)
+
+    def _apply(self, grads: list, info: MetaStepInfo) -> tf.Tensor:
+        """Apply ``grads`` to φ if the step is finite; returns that predicate.
+
+        A non-finite step must not touch φ (nor the optimizer's moments): the caller
+        raises, and φ and the last checkpoint stay as they were. Only the gradient
+        is XLA-compiled (``jit_compile``); this update runs in the plain graph.
+        """
+        finite = tf.math.is_finite(info.objective) & tf.math.is_finite(info.meta_grad_norm)
+        variables = self.meta_loss.trainable_variables
+
+        def apply() -> tf.Tensor:
+            self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+            return tf.constant(True)
+
+        tf.cond(finite, apply, lambda: tf.constant(False))
+        return finite
+
+    def _eager_step(self, support, query, extra, seeds):
+        grads, info = self._gradient(support, query, extra, self.initial_params(seeds))
+        return info, self._apply(grads, info)
+
+    def _graph_step(self, support, query, extra, seeds):
+        # θ_0 is drawn here, in the plain graph, and enters the (possibly XLA-)
+        # compiled gradient as an input: XLA's stateless RNG gives other numbers
+        # than the CPU kernels, and eager, tf.function and XLA steps must train
+        # the same learners.
+        params0s = self.initial_params(seeds)
+        grads, info = self._gradient_fn(support, query, extra, params0s)
+        return info, self._apply(grads, info)
+
+    def _graph_steps(self, support, query, extra, seeds):
+        """``len(seeds)`` meta-steps in one call (arrays carry a leading step axis).
+
+        After a non-finite step no further update is applied (the remaining steps
+        are computed but leave φ alone); ``ok[i]`` says whether step i was applied.
+        """
+        n = tf.shape(seeds)[0]
+        batch_size = seeds.shape[1]
+        fields = MetaStepInfo._fields
+        traces = tuple(tf.TensorArray(tf.float64, size=n) for _ in fields)
+        oks = tf.TensorArray(tf.bool, size=n)
+
+        def body(i, ok, traces, oks):
+            def pick(d):
+                return {k: v[i] for k, v in d.items()}
+
+            params0s = [self.functional.init_params(seeds[i, b]) for b in range(batch_size)]
+            grads, info = self._gradient_fn(pick(support), pick(query), pick(extra), params0s)
+            finite = tf.math.is_finite(info.objective) & tf.math.is_finite(info.meta_grad_norm)
+            ok = ok & finite
+
+            def apply() -> tf.Tensor:
+                self.optimizer.apply_gradients(zip(grads, self.meta_loss.trainable_variables, strict=True))
+                return tf.constant(True)
+
+            tf.cond(ok, apply, lambda: tf.constant(False))
+            traces = tuple(t.write(i, tf.cast(v, tf.float64)) for t, v in zip(traces, info, strict=True))
+            return i + 1, ok, traces, oks.write(i, ok)
+
+        _, _, traces, oks = tf.while_loop(
+            lambda i, *_: i < n, body, (tf.constant(0), tf.constant(True), traces, oks)
+        )
+        return MetaStepInfo(*(t.stack() for t in traces)), oks.stack()
+
+    # --- the steps -----------------------------------------------------------------
+    def init_seeds(self, step: int, batch_size: int | None = None) -> np.ndarray:
+        """Stateless seeds ``(B, 2)`` of the learners' θ_0 at ``step`` (resumable)."""
+        b = self.config.meta_batch_size if batch_size is None else batch_size
+        base = (step * b) % (2**31 - 1)
+        return np.array([[self.config.seed, base + i] for i in range(b)], dtype=np.int32)
+
+    def meta_step(self, batch: TaskBatch, step: int) -> MetaStepInfo:
+        """One eager outer update of φ."""
+        return self._run(self._eager_step, batch, step)
+
+    def step(self, batch: TaskBatch, step: int) -> MetaStepInfo:
+        """One compiled outer update of φ (``tf.function``, XLA if configured)."""
+        return self._run(self._compiled, batch, step)
+
+    def run_steps(self, first_step: int, count: int) -> list[MetaStepInfo]:
+        """Meta-steps ``first_step … first_step + count − 1`` in one compiled call.
+
+        The task's batches for those steps are sampled here and stacked; the loop over
+        them runs inside the graph (one Python round trip instead of ``count``).
+
+        Raises:
+            NonFiniteError: naming the first non-finite step; φ holds the updates of
+                the steps before it and none after.
+        """
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        steps = range(first_step, first_step + count)
+        batches = [self.task.sample(self.config.seed, s, self.config.meta_batch_size) for s in steps]
+
+        def stack(part: str) -> dict:
+            first = getattr(batches[0], part)
+            return {k: tf.convert_to_tensor(np.stack([getattr(b, part)[k] for b in batches])) for k in first}
+
+        seeds = np.stack([self.init_seeds(s) for s in steps])
+        infos, oks = self._compiled_many(stack("support"), stack("query"), stack("extra"), seeds)
+        values = np.stack([v.numpy() for v in infos], axis=1)  # (count, fields)
+        oks = oks.numpy()
+        if not oks.all():
+            bad = int(np.argmin(oks))
+            info = MetaStepInfo(*values[bad])
+            raise NonFiniteError(
+                f"meta-step {first_step + bad}: non-finite meta-objective or meta-gradient "
+                f"(objective={info.objective!r}, meta_grad_norm={info.meta_grad_norm!r}); "
+                "φ was not updated by it"
+            )
+        return [MetaStepInfo(*(float(x) for x in row)) for row in values]
+
+    def _run(self, fn, batch: TaskBatch, step: int) -> MetaStepInfo:
+        seeds = self.init_seeds(step, batch.batch_size)
+        info, finite = fn(_tensors(batch.support), _tensors(batch.query), _tensors(batch.extra), seeds)
+        if not bool(finite):
+            raise NonFiniteError(
+                f"meta-step {step}: non-finite meta-objective or meta-gradient "
+                f"(objective={float(info.objective)!r}, meta_grad_norm="
+                f"{float(info.meta_grad_norm)!r}); φ was not updated"
+            )
+        return MetaStepInfo(*(float(v) for v in info))
+
+
+class NonFiniteError(ValueError):
+    """A meta-step produced NaN/Inf; φ was left as it was before that step."""
+
+
+def _tensors(d: dict) -> dict:
+    return {k: tf.convert_to_tensor(v) for k, v in d.items()}

@@ -1,0 +1,131 @@
+"""``results.json``: one schema for every task's meta-test (DESIGN §3), and its plot.
+
+    {"task", "metric", "higher_is_better", "steps", "seeds",
+     "curves": {split: {method: {"mean": [...], "std": [...]}}},
+     "final":  {split: {"learned", "learned_std", "baseline", "baseline_std"}},
+     "at_step_1": {split: {...same keys...}},
+     "baseline", "config", "wall_seconds"}
+
+``curves[split][method]["mean"][k]`` is the metric after k steps (k = 0 … steps),
+averaged over the split's tasks and then over seeds; ``std`` is across seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+def summarize(
+    *,
+    task: str,
+    metric: str,
+    higher_is_better: bool,
+    baseline: str,
+    steps: int,
+    seeds: list[int],
+    curves: dict[str, dict[str, list[np.ndarray]]],
+    config: dict[str, Any],
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """Aggregate per-seed curves ``curves[split][method] = [curve_seed0, …]`` into the schema."""
+    out_curves: dict[str, Any] = {}
+    final: dict[str, Any] = {}
+    step1: dict[str, Any] = {}
+    for split, methods in curves.items():
+        out_curves[split] = {}
+        final[split] = {}
+        step1[split] = {}
+        for method, per_seed in methods.items():
+            arr = np.asarray(per_seed, dtype=np.float64)  # (seeds, steps + 1)
+            mean, std = arr.mean(axis=0), arr.std(axis=0)
+            out_curves[split][method] = {"mean": mean.tolist(), "std": std.tolist()}
+            final[split][method] = float(mean[-1])
+            final[split][f"{method}_std"] = float(std[-1])
+            step1[split][method] = float(mean[min(1, len(mean) - 1)])
+            step1[split][f"{method}_std"] = float(std[min(1, len(std) - 1)])
+    return {
+        "task": task,
+        "metric": metric,
+        "higher_is_better": bool(higher_is_better),
+        "steps": int(steps),
+        "seeds": [int(s) for s in seeds],
+        "curves": out_curves,
+        "final": final,
+        "at_step_1": step1,
+        "baseline": baseline,
+        "config": config,
+        "wall_seconds": float(wall_seconds),
+    }
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_results(results: dict[str, Any], path: str) -> None:
+    """Write ``results.json`` atomically."""
+    atomic_write_text(path, json.dumps(results, indent=1) + "\n")
+
+
+def plot_results(results: dict[str, Any], path: str) -> None:
+    """The paper's Fig. 2 style: metric vs meta-test step, learned vs baseline, one panel per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(results["curves"])
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.8), squeeze=False)
+    for ax, split in zip(axes[0], splits, strict=True):
+        for method, color in (("learned", "tab:blue"), ("baseline", "tab:orange")):
+            c = results["curves"][split].get(method)
+            if c is None:
+                continue
+            mean, std = np.asarray(c["mean"]), np.asarray(c["std"])
+            k = np.arange(len(mean))
+            label = "ML3 learned loss" if method == "learned" else results["baseline"]
+            ax.plot(k, mean, color=color, label=label)
+            ax.fill_between(k, mean - std, mean + std, color=color, alpha=0.2)
+        ax.set_title(f"{results['task']}: {split} tasks")
+        ax.set_xlabel("meta-test gradient step")
+        ax.set_ylabel(results["metric"])
+        ax.legend()
+    fig.suptitle(f"mean ± std over seeds {results['seeds']}", fontsize=9)
+    fig.tight_layout()
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """A few lines: final (and step-1) metric per split, learned vs baseline, mean ± std."""
+    lines = [f"{results['task']}: {results['metric']} over seeds {results['seeds']}"]
+    for key, label in (("at_step_1", "after 1 step"), ("final", f"after {results['steps']} steps")):
+        for split, r in results[key].items():
+            lines.append(
+                f"  {split:>5} {label:>16}: learned {r['learned']:.4g} ± {r['learned_std']:.2g}"
+                f"   {results['baseline']} {r['baseline']:.4g} ± {r['baseline_std']:.2g}"
+            )
+    return "\n".join(lines)

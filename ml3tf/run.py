@@ -1,0 +1,309 @@
+"""Runs on disk: meta-train one or several seeds into an output folder, resumably.
+
+A run folder holds
+
+    config.json       task, task options and the MetaTrainConfig
+    metrics.jsonl     one JSON line per meta-step (and per evaluation with eval_every)
+    checkpoints/      φ + outer optimizer, every ``checkpoint_every`` steps and at the end
+    meta_loss.keras   the trained loss network (written once training is complete)
+    tensorboard/      scalars, with ``config.tensorboard``
+
+With several seeds, each seed gets ``<out_dir>/seed_<s>/``; ``results.json`` and
+``results.png`` (meta-test over all seeds) go to ``<out_dir>``. Re-running on the
+same folder resumes from the last checkpoint and ends with the same metrics as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from ml3tf.checkpoint import Checkpointer
+from ml3tf.meta_loss import load_meta_loss
+from ml3tf.meta_trainer import MetaStepInfo, MetaTrainConfig, MetaTrainer
+from ml3tf.results import atomic_write_text, plot_results, write_results
+from ml3tf.task import Task
+
+log = logging.getLogger("ml3tf")
+
+#: Config fields that may change when a run is resumed (they do not change the math
+#: of the steps already taken).
+RESUMABLE_FIELDS = frozenset(
+    {
+        "meta_steps",
+        "checkpoint_every",
+        "eval_every",
+        "eval_steps",
+        "eval_jit_compile",
+        "steps_per_call",
+        "tensorboard",
+        "jit_compile",
+        "unroll_loop",
+    }
+)
+
+StepCallback = Callable[[int, int, MetaStepInfo], None]
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` produced."""
+
+    out_dir: str
+    run_dirs: list[str]
+    meta_loss_paths: list[str]
+    results: dict | None
+
+
+def check_out_dir(out_dir: str) -> str:
+    """Absolute path of ``out_dir`` if it is (or can be created as) a writable folder.
+
+    Raises:
+        ValueError: it is a file, lies under a file, or cannot be written.
+    """
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        raise ValueError(f"out_dir must be a non-empty path, got {out_dir!r}")
+    path = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"out_dir {os.fspath(out_dir)!r} exists and is not a directory")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"out_dir {os.fspath(out_dir)!r} lies under {parent!r}, which is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"out_dir {os.fspath(out_dir)!r} is not writable ({parent!r} is read-only)")
+    return path
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must not repeat, got {seeds!r}")
+    return seeds
+
+
+def _task_options(task: Task) -> dict[str, Any]:
+    describe = getattr(task, "describe_options", None)
+    return describe() if describe else {}
+
+
+def _run_record(task: Task, config: MetaTrainConfig) -> dict[str, Any]:
+    return {
+        "task": task.name,
+        "task_options": json.loads(json.dumps(_task_options(task))),
+        "config": config.to_dict(),
+    }
+
+
+def _check_resume(run_dir: str, record: dict[str, Any]) -> None:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path!r} is not a readable config.json: {exc}") from None
+    if old.get("task") != record["task"]:
+        raise ValueError(
+            f"out_dir {run_dir!r} holds a run of task {old.get('task')!r}, not {record['task']!r}"
+        )
+    if old.get("task_options") != record["task_options"]:
+        raise ValueError(
+            f"out_dir {run_dir!r} holds a run with other task options: {old.get('task_options')}"
+        )
+    for key, value in record["config"].items():
+        if key in RESUMABLE_FIELDS:
+            continue
+        if old.get("config", {}).get(key) != value:
+            raise ValueError(
+                f"out_dir {run_dir!r} holds a run with {key}={old.get('config', {}).get(key)!r}; "
+                f"cannot resume it with {key}={value!r} (use another --out-dir)"
+            )
+
+
+def _read_metrics(path: str, before_step: int) -> list[str]:
+    """Complete metric lines of steps < ``before_step`` (a killed run may leave a torn line)."""
+    if not os.path.exists(path):
+        return []
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("step", math.inf) < before_step:
+                kept.append(json.dumps(rec) + "\n")
+    return kept
+
+
+def save_meta_loss(meta_loss: keras.Model, path: str) -> None:
+    """Save a loss network as ``.keras`` atomically (temporary file + ``os.replace``)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        meta_loss.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _chunk_end(step: int, config: MetaTrainConfig) -> int:
+    """End (exclusive) of the next compiled chunk: at most ``steps_per_call`` steps,
+    never past a checkpoint, an evaluation or the last step."""
+    end = min(config.meta_steps, step + config.steps_per_call)
+    for every in (config.checkpoint_every, config.eval_every):
+        if every:
+            end = min(end, (step // every + 1) * every)
+    return end
+
+
+def train_one(
+    task: Task,
+    config: MetaTrainConfig,
+    run_dir: str,
+    on_step: StepCallback | None = None,
+    trainer: MetaTrainer | None = None,
+) -> str:
+    """Meta-train ``config.seed`` into ``run_dir`` (resuming if possible); returns the ``.keras`` path.
+
+    ``trainer``: a ``MetaTrainer`` for the same task and config (any seed) to reuse
+    — it is ``reset`` to ``config.seed``, which saves tracing its step again.
+    """
+    record = _run_record(task, config)
+    _check_resume(run_dir, record)
+    os.makedirs(run_dir, exist_ok=True)
+    atomic_write_text(os.path.join(run_dir, "config.json"), json.dumps(record, indent=1) + "\n")
+
+    if trainer is None:
+        trainer = MetaTrainer(task, config)
+    elif trainer.task is not task or trainer.config.replace(seed=config.seed) != config:
+        raise ValueError("trainer must have been built for the same task and config")
+    else:
+        trainer.reset(config.seed)
+    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), trainer.meta_loss, trainer.optimizer)
+    start = ckpt.restore()
+    loss_path = os.path.join(run_dir, "meta_loss.keras")
+    if start >= config.meta_steps and os.path.exists(loss_path):
+        log.info("seed %d: already trained (%d meta-steps) in %s", config.seed, start, run_dir)
+        return loss_path
+    if start:
+        log.info("seed %d: resuming from meta-step %d", config.seed, start)
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    atomic_write_text(metrics_path, "".join(_read_metrics(metrics_path, start)))
+
+    writer = None
+    if config.tensorboard:
+        writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
+    with open(metrics_path, "a") as metrics:
+        step = start
+        while step < config.meta_steps:
+            end = _chunk_end(step, config)
+            infos = trainer.run_steps(step, end - step)  # raises NonFiniteError; no checkpoint then
+            for k, info in enumerate(infos):
+                metrics.write(json.dumps({"step": step + k, **info._asdict()}) + "\n")
+                if writer is not None:
+                    with writer.as_default(step=step + k):
+                        for name, value in info._asdict().items():
+                            tf.summary.scalar(name, value)
+                if on_step is not None:
+                    on_step(config.seed, step + k, info)
+            step = end
+            if config.eval_every and step % config.eval_every == 0:
+                res = task.evaluate([trainer.meta_loss], config, [config.seed])
+                metrics.write(json.dumps({"step": step - 1, "eval": res["final"]}) + "\n")
+            if step % config.checkpoint_every == 0 or step == config.meta_steps:
+                metrics.flush()
+                os.fsync(metrics.fileno())
+                ckpt.save(step)
+    if writer is not None:
+        writer.close()
+    save_meta_loss(trainer.meta_loss, loss_path)
+    return loss_path
+
+
+def train(
+    task: Task,
+    config: MetaTrainConfig,
+    out_dir: str,
+    seeds: Sequence[int] | None = None,
+    evaluate: bool = True,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Meta-train a loss for ``task`` once per seed, then meta-test all of them.
+
+    Args:
+        task: a ``Task`` (``tasks.get("sine")``).
+        config: the ``MetaTrainConfig``; its ``seed`` is replaced by each of ``seeds``.
+        out_dir: output folder (created; resumed if it holds a compatible run).
+        seeds: seeds to run; default ``[config.seed]``. One seed writes straight into
+            ``out_dir``, several into ``out_dir/seed_<s>/``.
+        evaluate: meta-test afterwards into ``out_dir/results.json`` and ``results.png``.
+        on_step: called as ``on_step(seed, step, info)`` after every meta-step.
+
+    Returns:
+        A ``TrainResult`` with the run folders, the ``.keras`` paths and the results.
+
+    Example:
+        >>> run = ml3tf.train(tasks.get("sine"), cfg, "runs/sine", seeds=[0, 1, 2, 3, 4])
+        >>> run.results["final"]["test"]["learned"]
+    """
+    if not isinstance(config, MetaTrainConfig):
+        raise ValueError(f"config must be a MetaTrainConfig, got {type(config).__name__}")
+    seeds = check_seeds([config.seed] if seeds is None else seeds)
+    out = check_out_dir(out_dir)
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("tensorboard=True needs the tensorboard package: pip install 'ml3tf[tensorboard]'")
+    run_dirs = [out] if len(seeds) == 1 else [os.path.join(out, f"seed_{s}") for s in seeds]
+    for run_dir, seed in zip(run_dirs, seeds, strict=True):  # refuse before writing anything
+        _check_resume(run_dir, _run_record(task, config.replace(seed=seed)))
+    trainer = MetaTrainer(task, config.replace(seed=seeds[0]))  # one trace serves every seed
+    paths = [
+        train_one(task, config.replace(seed=seed), run_dir, on_step, trainer)
+        for run_dir, seed in zip(run_dirs, seeds, strict=True)
+    ]
+    results = None
+    if evaluate:
+        results = evaluate_files(task, paths, config, out, seeds)
+    return TrainResult(out, run_dirs, paths, results)
+
+
+def evaluate_files(
+    task: Task,
+    meta_loss_paths: Sequence[str],
+    config: MetaTrainConfig,
+    out_dir: str,
+    seeds: Sequence[int],
+    steps: int | None = None,
+    plot: bool = True,
+) -> dict:
+    """Meta-test saved loss networks (one, or one per seed); write ``results.json`` (+ PNG)."""
+    seeds = check_seeds(seeds)
+    if len(meta_loss_paths) not in (1, len(seeds)):
+        raise ValueError(
+            f"got {len(meta_loss_paths)} meta-loss files for {len(seeds)} seeds: give one, or one per seed"
+        )
+    out = check_out_dir(out_dir)
+    losses = [load_meta_loss(p) for p in meta_loss_paths]
+    results = task.evaluate(losses, config, seeds, steps)
+    results["meta_loss_files"] = [os.path.abspath(p) for p in meta_loss_paths]
+    os.makedirs(out, exist_ok=True)
+    write_results(results, os.path.join(out, "results.json"))
+    if plot:
+        plot_results(results, os.path.join(out, "results.png"))
+    return results

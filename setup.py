@@ -1,0 +1,40 @@
+"""Packaging for ml3tf: import packages ``ml3tf``, ``models``, ``tasks`` and the ``ml3tf`` command."""
+
+from setuptools import find_packages, setup
+
+# The verified working set (DESIGN §4). Exact pins: a fresh machine gets what was tested.
+CORE = [
+    "tensorflow-cpu==2.21.0",
+    "keras==3.15.1",
+    "numpy==2.4.6",
+    # The main job writes a PNG plot; the `ml3tf` package itself imports matplotlib lazily.
+    "matplotlib==3.11.2",
+]
+TENSORBOARD = ["tensorboard==2.21.0"]  # only for MetaTrainConfig(tensorboard=True)
+TEST = [
+    *TENSORBOARD,
+    "pytest==9.2.0",
+    "nbclient==0.11.0",
+    "nbformat==5.11.1",
+    "ipykernel==7.4.0",
+    "ruff==0.17.6",
+]
+
+setup(
+    name="ml3tf",
+    version="0.1.0",
+    description="Meta-Learning via Learned Loss (ML3) on TensorFlow 2 and Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ml3tf", "ml3tf.*", "models", "models.*", "tasks", "tasks.*"]),
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={"test": TEST, "tensorboard": TENSORBOARD},
+    entry_points={"console_scripts": ["ml3tf=ml3tf.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,54 @@
+"""Problem families for ML3; each module implements ``ml3tf.task.Task``.
+
+    >>> import tasks
+    >>> tasks.names()
+    ['sine']
+    >>> task = tasks.get("sine", mode="family")
+
+Modules are imported lazily: asking for one task never imports another's
+dependencies (gymnasium, TF-Agents, scikit-learn …).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> (module, class, one-line description)
+_REGISTRY: dict[str, tuple[str, str, str]] = {
+    "sine": (
+        "tasks.sine",
+        "SineTask",
+        "sine regression (paper Fig. 2): learner 1→100→10→1, loss sees (ŷ, y)",
+    ),
+}
+
+
+def names() -> list[str]:
+    """Registered task names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def describe(name: str) -> str:
+    """One line about the task ``name``."""
+    return _entry(name)[2]
+
+
+def _entry(name: str) -> tuple[str, str, str]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def task_class(name: str) -> type:
+    """The task class registered as ``name`` (imports its module)."""
+    module, cls, _ = _entry(name)
+    return getattr(importlib.import_module(module), cls)
+
+
+def get(name: str, **options: Any) -> Any:
+    """A task instance; ``options`` are the fields of the task's options dataclass."""
+    return task_class(name)(**options)
+
+
+__all__ = ["describe", "get", "names", "task_class"]

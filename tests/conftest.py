@@ -1,0 +1,22 @@
+"""Shared fixtures. Tests run on CPU; gradient checks in float64 (DESIGN §4)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import pytest
+
+
+@pytest.fixture
+def float64():
+    """Build every Keras layer in float64 for the duration of a test."""
+    # Keras caches its global dtype policy on first use: set and restore both.
+    old_floatx, old_policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(old_floatx)
+        keras.config.set_dtype_policy(old_policy)

@@ -1,0 +1,40 @@
+"""`ml3tf` stands alone: it works with gymnasium, TF-Agents and matplotlib absent."""
+
+import subprocess
+import sys
+
+CODE = """
+import sys
+
+OPTIONAL = {"gymnasium", "gym", "tf_agents", "matplotlib"}
+
+
+class Absent:
+    # Make the optional packages unimportable, as on a machine without them.
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in OPTIONAL:
+            raise ImportError(name + " is absent in this test")
+
+
+sys.meta_path.insert(0, Absent())
+import ml3tf
+from ml3tf import cli, evaluation, inner, meta_trainer, run, task, results  # noqa: F401
+import tasks
+t = tasks.get("sine", n_points=8, n_test_tasks=1)
+cfg = t.default_config().replace(meta_steps=2, eval_steps=2)
+trainer = ml3tf.MetaTrainer(t, cfg)
+trainer.step(t.sample(0, 0, 1), 0)
+t.evaluate([trainer.meta_loss], cfg, [0])
+print(sorted(m for m in sys.modules if m.split(".")[0] in OPTIONAL))
+"""
+
+
+def test_core_works_without_optional_packages():
+    out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cli_help_does_not_import_tensorflow():
+    code = "import sys; from ml3tf.cli import main; main(['--help']); print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

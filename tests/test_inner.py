@@ -1,0 +1,79 @@
+"""Inner optimizers against textbook numpy, and the unroll's two loop forms."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ml3tf.inner import SGD, Adam, Momentum, make_inner_optimizer, unroll
+
+
+def _quadratic(target):
+    def loss_fn(params, state):
+        return tf.reduce_sum((params[0] - target) ** 2 * tf.range(1.0, 4.0, dtype=tf.float64)), state
+
+    return loss_fn
+
+
+def _numpy_run(kind, lr, steps, p, target):
+    scale = np.arange(1.0, 4.0)
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t in range(1, steps + 1):
+        g = 2 * (p - target) * scale
+        if kind == "sgd":
+            p = p - lr * g
+        elif kind == "momentum":
+            m = 0.9 * m + g
+            p = p - lr * m
+        else:
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            p = p - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+    return p
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("loop", ["python", "while"])
+def test_optimizers_match_textbook(kind, loop):
+    p0 = np.array([1.0, -2.0, 0.5])
+    target = np.array([0.3, 0.1, -0.7])
+    opt = make_inner_optimizer(kind, 0.05)
+    res = unroll(_quadratic(tf.constant(target)), [tf.constant(p0)], opt, steps=7, loop=loop)
+    np.testing.assert_allclose(res.params[0].numpy(), _numpy_run(kind, 0.05, 7, p0, target), rtol=1e-10)
+    # first_loss is the loss at θ_0
+    np.testing.assert_allclose(res.first_loss.numpy(), np.sum((p0 - target) ** 2 * np.arange(1.0, 4.0)))
+
+
+def test_while_loop_equals_python_loop_under_tf_function():
+    target = tf.constant([0.3, 0.1, -0.7], tf.float64)
+    p0 = [tf.constant([1.0, -2.0, 0.5], tf.float64)]
+
+    @tf.function
+    def run(loop):
+        return unroll(_quadratic(target), p0, Adam(0.1), steps=30, loop=loop).params[0]
+
+    np.testing.assert_allclose(run("python").numpy(), run("while").numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SGD(0.0),
+        lambda: SGD(-1.0),
+        lambda: SGD(float("nan")),
+        lambda: Adam(1e-3, beta_1=1.0),
+        lambda: Momentum(1e-3, momentum=1.5),
+        lambda: make_inner_optimizer("rmsprop", 1e-3),
+    ],
+)
+def test_bad_optimizer_arguments(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_unroll_rejects_zero_steps_and_bad_loop():
+    fn = _quadratic(tf.zeros(3, tf.float64))
+    with pytest.raises(ValueError, match="inner_steps"):
+        unroll(fn, [tf.ones(3, tf.float64)], SGD(0.1), steps=0)
+    with pytest.raises(ValueError, match="loop"):
+        unroll(fn, [tf.ones(3, tf.float64)], SGD(0.1), steps=1, loop="scan")

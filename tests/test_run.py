@@ -1,0 +1,130 @@
+"""Runs on disk: outputs, resume after interruption, refusal of bad folders, end to end."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import ml3tf
+import tasks
+from ml3tf.meta_loss import load_meta_loss
+from ml3tf.meta_trainer import NonFiniteError
+from ml3tf.run import train_one
+from tests.toy import ToyTask
+
+
+def _metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _sine_cfg(**kw):
+    task = tasks.get("sine", n_points=32, n_test_tasks=3)
+    return task, task.default_config().replace(meta_steps=6, checkpoint_every=2, eval_steps=4, **kw)
+
+
+def test_sine_end_to_end_writes_every_output(tmp_path):
+    task, cfg = _sine_cfg(tensorboard=True)
+    run = ml3tf.train(task, cfg, str(tmp_path / "run"), seeds=[0, 1])
+    for seed in (0, 1):
+        d = tmp_path / "run" / f"seed_{seed}"
+        for name in ("config.json", "metrics.jsonl", "meta_loss.keras", "checkpoints", "tensorboard"):
+            assert (d / name).exists(), name
+        lines = _metrics(d / "metrics.jsonl")
+        assert [r["step"] for r in lines] == list(range(6))
+        assert all(np.isfinite(r["task_loss"]) for r in lines)
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res == json.loads(json.dumps(run.results))
+    assert res["task"] == "sine" and res["metric"] == "mse" and res["baseline"] == "mse"
+    assert res["seeds"] == [0, 1] and res["steps"] == 4 and res["higher_is_better"] is False
+    for split in ("train", "test"):
+        for method in ("learned", "baseline"):
+            assert len(res["curves"][split][method]["mean"]) == 5
+        assert set(res["final"][split]) == {"learned", "learned_std", "baseline", "baseline_std"}
+    assert (tmp_path / "run" / "results.png").stat().st_size > 1000
+
+
+def test_family_mode_end_to_end(tmp_path):
+    task = tasks.get("sine", mode="family", n_points=16, n_test_tasks=2)
+    cfg = task.default_config().replace(meta_steps=3, meta_batch_size=3, eval_steps=3)
+    run = ml3tf.train(task, cfg, str(tmp_path / "fam"))
+    assert run.meta_loss_paths == [str(tmp_path / "fam" / "meta_loss.keras")]
+    batch = task.sample(0, 0, 3)
+    assert batch.support["x"].shape == batch.query["x"].shape == (3, 16, 1)
+    assert not np.allclose(batch.support["x"], batch.query["x"])  # a real support/query split
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    task, cfg = _sine_cfg(eval_every=3)
+    train_one(task, cfg, str(tmp_path / "ref"))
+
+    def stop_at_4(seed, step, info):
+        if step == 4:  # after the checkpoint at 4 completed steps? no: step 4 is the 5th
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_one(task, cfg, str(tmp_path / "cut"), on_step=stop_at_4)
+    assert not (tmp_path / "cut" / "meta_loss.keras").exists()
+    # the metrics file has lines past the last checkpoint (4 steps); resume must drop them
+    assert len([r for r in _metrics(tmp_path / "cut" / "metrics.jsonl") if "eval" not in r]) == 5
+    with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "task_lo')  # a torn line, as kill -9 can leave
+    train_one(task, cfg, str(tmp_path / "cut"))
+    assert _metrics(tmp_path / "cut" / "metrics.jsonl") == _metrics(tmp_path / "ref" / "metrics.jsonl")
+    ref = load_meta_loss(str(tmp_path / "ref" / "meta_loss.keras"))
+    cut = load_meta_loss(str(tmp_path / "cut" / "meta_loss.keras"))
+    for a, b in zip(ref.weights, cut.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_rerun_of_a_finished_run_does_not_train_again(tmp_path):
+    task, cfg = _sine_cfg()
+    out = str(tmp_path / "done")
+    train_one(task, cfg, out)
+    stamp = os.path.getmtime(os.path.join(out, "meta_loss.keras"))
+    calls = []
+    train_one(task, cfg, out, on_step=lambda *a: calls.append(a))
+    assert calls == [] and os.path.getmtime(os.path.join(out, "meta_loss.keras")) == stamp
+    # more meta-steps continue from the checkpoint
+    train_one(task, cfg.replace(meta_steps=8), out, on_step=lambda *a: calls.append(a[1]))
+    assert calls == [6, 7]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    task, cfg = _sine_cfg()
+    out = str(tmp_path / "r")
+    train_one(task, cfg, out)
+    with pytest.raises(ValueError, match="inner_lr"):
+        ml3tf.train(task, cfg.replace(inner_lr=0.1), out)
+    with pytest.raises(ValueError, match="task options"):
+        ml3tf.train(tasks.get("sine", n_points=10), cfg, out)
+
+
+def test_bad_out_dirs_are_refused_before_anything_is_written(tmp_path):
+    task, cfg = _sine_cfg()
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        ml3tf.train(task, cfg, str(afile))
+    with pytest.raises(ValueError, match="which is a file"):
+        ml3tf.train(task, cfg, str(afile / "sub"))
+    with pytest.raises(ValueError, match="seeds"):
+        ml3tf.train(task, cfg, str(tmp_path / "s"), seeds=[0, 0])
+    assert sorted(os.listdir(tmp_path)) == ["file.txt"]
+
+
+def test_non_finite_step_keeps_last_checkpoint_and_writes_no_loss(tmp_path):
+    task = ToyTask(learner="smooth", meta_loss="network", nan_at=3)
+    cfg = task.default_config().replace(meta_steps=6, checkpoint_every=2)
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteError, match="meta-step 3"):
+        ml3tf.train(task, cfg, str(out), evaluate=False)
+    assert not (out / "meta_loss.keras").exists()
+    assert not (out / "results.json").exists()
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.endswith(".index"))
+    assert ckpts == ["ckpt-2.index"]

@@ -1,0 +1,70 @@
+"""Small tasks for tests: a linear learner with an analytic loss, and a smooth MLP task."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ml3tf.meta_loss import MetaLossNetwork
+from ml3tf.meta_trainer import MetaTrainConfig
+from ml3tf.task import SupervisedTask, TaskBatch
+from models.mlp import make_mlp
+
+
+class ScaledSquare(keras.Model):
+    """M_φ(ŷ, y) = φ · (ŷ − y)²: a one-parameter loss with a closed-form meta-gradient."""
+
+    def __init__(self, phi=1.5, **kwargs):
+        super().__init__(**kwargs)
+        self.phi = self.add_weight(shape=(), initializer=keras.initializers.Constant(phi), name="phi")
+
+    def call(self, feats):
+        return self.phi * tf.square(feats[:, :1] - feats[:, 1:2])
+
+
+class ToyTask(SupervisedTask):
+    """y = 2x − 1 on fixed points; learner and loss network chosen by the test."""
+
+    name = "toy"
+
+    def __init__(self, learner="linear", meta_loss="scaled_square", n=16, split=False, nan_at=None):
+        self.learner_kind = learner
+        self.meta_loss_kind = meta_loss
+        self.n = n
+        self.split = split
+        self.nan_at = nan_at
+
+    def default_config(self):
+        return MetaTrainConfig(inner_steps=1, inner_lr=0.05, meta_lr=0.01, meta_steps=5, eval_steps=5)
+
+    def make_learner(self):
+        if self.learner_kind == "linear":
+            return make_mlp(1, (), 1, use_bias=False, name="linear")
+        return make_mlp(1, (8, 8), 1, activation="tanh", name="smooth")
+
+    def make_meta_loss(self):
+        if self.meta_loss_kind == "scaled_square":
+            return ScaledSquare()
+        return MetaLossNetwork(2, (6, 6), activation="tanh", use_bias=True)
+
+    def _data(self, seed, step):
+        rng = np.random.default_rng([seed, step])
+        x = rng.uniform(-1, 1, size=(self.n, 1)).astype(np.float32)
+        y = (2 * x - 1 + 0.3 * np.sin(3 * x)).astype(np.float32)
+        return x, y
+
+    def sample(self, seed, step, batch_size):
+        xs, ys = zip(*[self._data(seed, step * batch_size + b) for b in range(batch_size)], strict=True)
+        x, y = np.stack(xs), np.stack(ys)
+        if self.nan_at is not None and step == self.nan_at:
+            y = y * np.nan
+        support = {"x": x, "y": y}
+        if not self.split:
+            return TaskBatch(support, support)
+        xq, yq = zip(
+            *[self._data(seed + 1000, step * batch_size + b) for b in range(batch_size)], strict=True
+        )
+        return TaskBatch(support, {"x": np.stack(xq), "y": np.stack(yq)})
+
+    def eval_splits(self, seed):
+        x, y = self._data(seed, 10**6)
+        return {"train": (x[None], y[None]), "test": (x[None] * 2, y[None] * 2)}
