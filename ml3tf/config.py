@@ -13,6 +13,8 @@ from typing import Any
 
 #: Inner optimizers ``ml3tf.inner`` provides (differentiable, on tensors).
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
+#: How ``ml3tf.inner.unroll`` differentiates through the inner steps.
+BACKPROP_MODES = ("full", "segmented", "truncated")
 
 
 def _positive(name: str, value: float) -> None:
@@ -55,6 +57,15 @@ class MetaTrainConfig:
     """β in the meta-objective β·L_task + γ·L_extra."""
     extra_loss_weight: float = 0.0
     """γ in the meta-objective β·L_task + γ·L_extra (needs a task with ``extra_loss``)."""
+    vectorize_meta_batch: bool = True
+    """Run the tasks of a meta-batch as one batched computation (``tf.vectorized_map``)."""
+    backprop: str = "full"
+    """Backward pass through the inner steps: ``full``; ``segmented`` (exact, memory ~ K/S + S,
+    for long unrolls); ``truncated`` (approximate: only the last ``truncate_steps`` steps)."""
+    segment_length: int = 25
+    """S: inner steps per recomputed segment with ``backprop=segmented``."""
+    truncate_steps: int = 10
+    """T: inner steps that carry gradient with ``backprop=truncated``."""
     unroll_loop: str = "auto"
     """``python`` (unrolled graph), ``while`` (tf.while_loop) or ``auto`` (python for K ≤ 10)."""
     jit_compile: bool = False
@@ -91,6 +102,10 @@ class MetaTrainConfig:
             raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}")
         if self.meta_optimizer not in ("adam", "sgd"):
             raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
+        if self.backprop not in BACKPROP_MODES:
+            raise ValueError(f"backprop must be one of {BACKPROP_MODES}, got {self.backprop!r}")
+        _at_least("segment_length", self.segment_length, 1)
+        _at_least("truncate_steps", self.truncate_steps, 1)
         if self.unroll_loop not in ("auto", "python", "while"):
             raise ValueError(f"unroll_loop must be 'auto', 'python' or 'while', got {self.unroll_loop!r}")
         for name in ("task_loss_weight", "extra_loss_weight"):

@@ -134,7 +134,7 @@ class Adam:
         return new_p, (t, new_m, new_v)
 
 
-from ml3tf.config import INNER_OPTIMIZERS  # noqa: E402  (one list of names)
+from ml3tf.config import BACKPROP_MODES, INNER_OPTIMIZERS  # noqa: E402  (one list of names)
 
 
 def make_inner_optimizer(name: str, learning_rate: float, momentum: float = 0.9) -> InnerOptimizer:
@@ -175,6 +175,101 @@ def inner_step(
     return new_params, new_state, opt_state, loss
 
 
+def _advance(loss_fn, params, state, optimizer, opt_state, n: int, loop: str):
+    """``n`` ≥ 0 inner steps (no loss value returned): a Python loop or a ``tf.while_loop``."""
+    if n <= 0:
+        return params, state, opt_state
+    if loop == "python" or (loop == "auto" and n <= 10):
+        for _ in range(n):
+            params, state, opt_state, _ = inner_step(loss_fn, params, state, optimizer, opt_state)
+        return params, state, opt_state
+
+    def body(i, p, s, o):
+        p, s, o, _ = inner_step(loss_fn, p, s, optimizer, o)
+        return i + 1, p, s, o
+
+    _, params, state, opt_state = tf.while_loop(
+        lambda i, *_: i < n,
+        body,
+        (tf.constant(0), params, state, opt_state),
+        maximum_iterations=n,  # a static bound: XLA needs it to differentiate the loop
+    )
+    return list(params), list(state), opt_state
+
+
+def _segmented(loss_fn, params, state, optimizer, opt_state, n: int, segment_length: int):
+    """``n`` steps whose backward pass recomputes one segment at a time (exact, O(K/S + S) memory).
+
+    Forward: run the steps without recording, keeping only the carry (θ, state,
+    optimizer state) at each segment start, in ``TensorArray``s. Backward
+    (``tf.custom_gradient``): for the segments from last to first, re-run the segment
+    under a tape and chain ``tape.gradient(end, [start, φ], output_gradients=∂L/∂end)``.
+    Both passes are ``tf.while_loop``s over segments, so the graph size does not grow
+    with K. (``tf.recompute_grad`` does not work around an inner step that opens its
+    own tape — DESIGN §4.)
+    """
+    structure = (list(params), list(state), opt_state)
+    flat_in = tf.nest.flatten(structure)
+    n_full, rem = divmod(n, segment_length)
+
+    def advance(flat, length):
+        p, s, o = tf.nest.pack_sequence_as(structure, list(flat))
+        return tf.nest.flatten(_advance(loss_fn, p, s, optimizer, o, length, "while"))
+
+    def segment_grads(start, length, d_end, variables):
+        with tf.GradientTape() as tape:
+            tape.watch(start)
+            end = advance(start, length)
+        grads = tape.gradient(
+            end,
+            list(start) + variables,
+            output_gradients=d_end,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        return grads[: len(start)], grads[len(start) :]
+
+    @tf.custom_gradient
+    def run(*flat):
+        first = list(flat)
+        carry = advance(first, rem) if rem else first  # the odd-sized segment goes first
+        starts = [tf.TensorArray(t.dtype, size=n_full, element_shape=t.shape) for t in carry]
+
+        def forward(j, c, tas):
+            tas = [ta.write(j, x) for ta, x in zip(tas, c, strict=True)]
+            return j + 1, advance(c, segment_length), tas
+
+        _, end, starts = tf.while_loop(
+            lambda j, *_: j < n_full, forward, (tf.constant(0), carry, starts), maximum_iterations=n_full
+        )
+
+        def grad_fn(*upstream, variables=None):
+            variables = list(variables or [])
+            d_carry = [tf.zeros_like(c) if u is None else u for u, c in zip(upstream, end, strict=True)]
+            d_vars = [tf.zeros_like(v) for v in variables]
+
+            def backward(j, d, dv):
+                start = [ta.read(n_full - 1 - j) for ta in starts]
+                d, g_vars = segment_grads(start, segment_length, d, variables)
+                return j + 1, d, [a + b for a, b in zip(dv, g_vars, strict=True)]
+
+            _, d_carry, d_vars = tf.while_loop(
+                lambda j, *_: j < n_full,
+                backward,
+                (tf.constant(0), d_carry, d_vars),
+                maximum_iterations=n_full,
+            )
+            if rem:
+                d_carry, g_vars = segment_grads(first, rem, d_carry, variables)
+                d_vars = [a + b for a, b in zip(d_vars, g_vars, strict=True)]
+            return d_carry, d_vars
+
+        return end, grad_fn
+
+    out = run(*flat_in)
+    p, s, o = tf.nest.pack_sequence_as(structure, list(out))
+    return list(p), list(s), o
+
+
 def unroll(
     loss_fn: InnerLossFn,
     params: Sequence[tf.Tensor],
@@ -183,6 +278,9 @@ def unroll(
     state: Sequence[tf.Tensor] = (),
     opt_state: Any = None,
     loop: str = "auto",
+    backprop: str = "full",
+    segment_length: int = 25,
+    truncate_steps: int = 0,
 ) -> UnrollResult:
     """K differentiable inner steps ``θ_{k+1} = opt(θ_k, ∇_θ L_φ(θ_k))``.
 
@@ -197,6 +295,14 @@ def unroll(
         loop: ``"python"`` unrolls the steps into the graph (fast for K ≤ 10),
             ``"while"`` uses ``tf.while_loop`` (constant graph size for large K),
             ``"auto"`` picks python for K ≤ 10.
+        backprop: how ``∂θ_K/∂(θ_0, φ)`` is obtained. ``"full"``: plain backprop
+            through all K steps (memory grows linearly in K). ``"segmented"``: exact,
+            recomputing ``segment_length`` steps at a time in the backward pass (memory
+            ~ K/S stored carries + one segment; about one extra forward pass of time).
+            ``"truncated"``: approximate — gradients flow only through the last
+            ``truncate_steps`` steps (the earlier ones are treated as constants).
+        segment_length: S for ``backprop="segmented"``.
+        truncate_steps: T for ``backprop="truncated"`` (T ≥ K is the full gradient).
 
     Returns:
         An ``UnrollResult`` whose ``params`` are θ_K, differentiable w.r.t. anything
@@ -210,27 +316,30 @@ def unroll(
         raise ValueError(f"inner_steps must be >= 1, got {steps}")
     if loop not in ("auto", "python", "while"):
         raise ValueError(f"loop must be 'auto', 'python' or 'while', got {loop!r}")
+    if backprop not in BACKPROP_MODES:
+        raise ValueError(f"backprop must be one of {BACKPROP_MODES}, got {backprop!r}")
+    if backprop == "segmented" and int(segment_length) < 1:
+        raise ValueError(f"segment_length must be >= 1, got {segment_length!r}")
+    if backprop == "truncated" and int(truncate_steps) < 1:
+        raise ValueError(f"truncate_steps must be >= 1, got {truncate_steps!r}")
     params = list(params)
     state = list(state)
     if opt_state is None:
         opt_state = optimizer.init(params)
-    if loop == "python" or (loop == "auto" and steps <= 10):
-        params, state, opt_state, first = inner_step(loss_fn, params, state, optimizer, opt_state)
-        for _ in range(steps - 1):
-            params, state, opt_state, _ = inner_step(loss_fn, params, state, optimizer, opt_state)
-        return UnrollResult(params, state, opt_state, first)
-
-    # First step outside the loop: it gives the loss at θ_0 and fixes the loop's structure.
+    # The first step gives the loss at θ_0 (and fixes a while loop's structure).
     params, state, opt_state, first = inner_step(loss_fn, params, state, optimizer, opt_state)
-
-    def body(i, p, s, o):
-        p, s, o, _ = inner_step(loss_fn, p, s, optimizer, o)
-        return i + 1, p, s, o
-
-    _, params, state, opt_state = tf.while_loop(
-        lambda i, *_: i < steps,
-        body,
-        (tf.constant(1), params, state, opt_state),
-        maximum_iterations=steps - 1,  # a static bound: XLA needs it to differentiate the loop
-    )
+    rest = steps - 1
+    if backprop == "segmented" and rest > 0:
+        params, state, opt_state = _segmented(
+            loss_fn, params, state, optimizer, opt_state, rest, int(segment_length)
+        )
+    elif backprop == "truncated" and steps > int(truncate_steps):
+        prefix = steps - int(truncate_steps) - 1  # steps after the first that get no gradient
+        params, state, opt_state = _advance(loss_fn, params, state, optimizer, opt_state, prefix, loop)
+        params, state, opt_state = tf.nest.map_structure(tf.stop_gradient, (params, state, opt_state))
+        params, state, opt_state = _advance(
+            loss_fn, list(params), list(state), optimizer, opt_state, int(truncate_steps), loop
+        )
+    else:
+        params, state, opt_state = _advance(loss_fn, params, state, optimizer, opt_state, rest, loop)
     return UnrollResult(list(params), list(state), opt_state, first)

@@ -119,54 +119,65 @@ class MetaTrainer:
 
     def adapt(self, params0: list, data: dict, state: list | None = None):
         """θ_K after ``config.inner_steps`` differentiable steps on the learned loss."""
+        cfg = self.config
         state = self.functional.state() if state is None else state
         return unroll(
             self.inner_loss_fn(data),
             params0,
             self.inner_optimizer,
-            self.config.inner_steps,
+            cfg.inner_steps,
             state=state,
-            loop=self.config.unroll_loop,
+            loop=cfg.unroll_loop,
+            backprop=cfg.backprop,
+            segment_length=cfg.segment_length,
+            truncate_steps=cfg.truncate_steps,
         )
 
     def initial_params(self, init_seeds: Any) -> list[list[tf.Tensor]]:
         """θ_0 of each task in the meta-batch from its stateless seed (``init_seeds``: ``(B, 2)``)."""
         return [self.functional.init_params(init_seeds[b]) for b in range(len(init_seeds))]
 
+    def task_objective(self, one: TaskBatch, params0: list) -> tuple[tf.Tensor, ...]:
+        """One task: ``(β·L_task + γ·L_extra, L_task, L_extra, M_φ at θ_0)`` after adapting θ_0."""
+        cfg = self.config
+        res = self.adapt(params0, one.support)
+        lt = self.task.task_loss(self.functional, res.params, res.state, one.query)
+        total = cfg.task_loss_weight * lt
+        le = tf.zeros_like(lt)
+        if cfg.extra_loss_weight:
+            extra = self.task.extra_loss(self.functional, res.params, res.state, one.query, one.extra)
+            if extra is None:
+                raise ValueError(
+                    f"extra_loss_weight={cfg.extra_loss_weight} but task "
+                    f"{getattr(self.task, 'name', self.task)!r} has no extra_loss"
+                )
+            le = tf.cast(extra, lt.dtype)
+            total = total + cfg.extra_loss_weight * le
+        return total, lt, le, tf.cast(res.first_loss, lt.dtype)
+
     def objective(self, batch: TaskBatch, init_seeds: Any) -> tuple[tf.Tensor, dict]:
         """Meta-objective averaged over the meta-batch; differentiable w.r.t. φ.
 
         ``init_seeds`` is an int array ``(B, 2)``: the stateless seeds of each task's θ_0
-        (or, already expanded, the list of θ_0 from ``initial_params``).
+        (or, already expanded, the list of θ_0 from ``initial_params``). With
+        ``config.vectorize_meta_batch`` and B > 1 the B tasks run as one batched
+        computation (``tf.vectorized_map``); otherwise one after the other.
         """
-        cfg = self.config
         params0s = init_seeds if isinstance(init_seeds, list) else self.initial_params(init_seeds)
-        totals, task_losses, extras, learned = [], [], [], []
-        for b in range(batch.batch_size):
-            one = batch.task(b)
-            res = self.adapt(params0s[b], one.support)
-            lt = self.task.task_loss(self.functional, res.params, res.state, one.query)
-            le = None
-            if cfg.extra_loss_weight:
-                le = self.task.extra_loss(self.functional, res.params, res.state, one.query, one.extra)
-                if le is None:
-                    raise ValueError(
-                        f"extra_loss_weight={cfg.extra_loss_weight} but task "
-                        f"{getattr(self.task, 'name', self.task)!r} has no extra_loss"
-                    )
-            total = cfg.task_loss_weight * lt
-            if le is not None:
-                total = total + cfg.extra_loss_weight * le
-            totals.append(total)
-            task_losses.append(lt)
-            extras.append(le if le is not None else tf.zeros_like(lt))
-            learned.append(res.first_loss)
-        parts = {
-            "task_loss": tf.add_n(task_losses) / len(task_losses),
-            "extra_loss": tf.add_n(extras) / len(extras),
-            "learned_loss": tf.add_n(learned) / len(learned),
-        }
-        return tf.add_n(totals) / len(totals), parts
+        b = batch.batch_size
+        if self.config.vectorize_meta_batch and b > 1:
+            stacked = [tf.stack(p) for p in zip(*params0s, strict=True)]
+
+            def one(args):
+                support, query, extra, params0 = args
+                return self.task_objective(TaskBatch(support, query, extra), list(params0))
+
+            parts = tf.vectorized_map(one, (batch.support, batch.query, batch.extra, stacked))
+            total, lt, le, first = (tf.reduce_mean(p) for p in parts)
+        else:
+            per_task = [self.task_objective(batch.task(i), params0s[i]) for i in range(b)]
+            total, lt, le, first = (tf.add_n(list(p)) / b for p in zip(*per_task, strict=True))
+        return total, {"task_loss": lt, "extra_loss": le, "learned_loss": first}
 
     def meta_gradient(self, batch: TaskBatch, init_seeds: Any) -> tuple[list, MetaStepInfo]:
         """``∇_φ`` of the meta-objective (eager unless called inside a graph)."""

@@ -1,5 +1,7 @@
 """Inner optimizers against textbook numpy, and the unroll's two loop forms."""
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -77,3 +79,68 @@ def test_unroll_rejects_zero_steps_and_bad_loop():
         unroll(fn, [tf.ones(3, tf.float64)], SGD(0.1), steps=0)
     with pytest.raises(ValueError, match="loop"):
         unroll(fn, [tf.ones(3, tf.float64)], SGD(0.1), steps=1, loop="scan")
+
+
+def _phi_problem():
+    """A loss with parameters φ (a variable) read inside the inner loss, float64."""
+    phi = tf.Variable([0.7, -0.3, 1.2], dtype=tf.float64)
+    x = tf.constant(np.linspace(-1, 1, 12).reshape(4, 3), tf.float64)
+
+    def loss_fn(params, state):
+        w = params[0]
+        loss = tf.reduce_mean(tf.math.softplus(tf.linalg.matvec(x, w) * phi[0]))
+        loss += phi[1] * tf.reduce_mean(tf.sin(w) ** 2) + 0.1 * phi[2] * tf.reduce_sum(w**2)
+        return loss, state
+
+    def meta_grad(steps, opt, **kw):
+        with tf.GradientTape() as tape:
+            res = unroll(
+                loss_fn, [tf.constant([0.5, -1.0, 0.25], tf.float64)], opt, steps, loop="while", **kw
+            )
+            target = tf.reduce_sum((res.params[0] - 0.3) ** 2)
+        return tape.gradient(target, [phi]), res.params[0]
+
+    return meta_grad
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_segmented_backprop_is_exact(kind, compiled):
+    meta_grad = _phi_problem()
+    opt = make_inner_optimizer(kind, 0.05)
+
+    def run(*args, **kw):
+        fn = functools.partial(meta_grad, *args, **kw)
+        grads, theta = tf.function(fn)() if compiled else fn()
+        return grads[0].numpy(), theta.numpy()
+
+    full, theta_full = run(12, opt)
+    # K − 1 = 11 segmented steps: S = 5 has a remainder segment, 1 and 11 none, 40 no full one
+    for s in (5,) if compiled else (1, 5, 11, 40):
+        seg, theta_seg = run(12, opt, backprop="segmented", segment_length=s)
+        np.testing.assert_allclose(theta_seg, theta_full, rtol=1e-13)
+        np.testing.assert_allclose(seg, full, rtol=1e-10, atol=1e-14)
+    assert np.abs(full).min() > 1e-6
+
+
+def test_truncated_backprop_drops_early_steps():
+    meta_grad = _phi_problem()
+    opt = SGD(0.05)
+    full, theta = meta_grad(8, opt)
+    same, _ = meta_grad(8, opt, backprop="truncated", truncate_steps=8)
+    np.testing.assert_allclose(same[0].numpy(), full[0].numpy(), rtol=1e-12)
+    one, theta_1 = meta_grad(8, opt, backprop="truncated", truncate_steps=1)
+    np.testing.assert_allclose(theta_1.numpy(), theta.numpy(), rtol=1e-13)  # the same forward pass
+    assert np.abs(one[0].numpy() - full[0].numpy()).max() > 1e-6  # an approximate gradient
+    assert np.abs(one[0].numpy()).max() > 1e-8  # but not a vanished one
+
+
+def test_backprop_arguments_are_checked():
+    fn = _quadratic(tf.zeros(3, tf.float64))
+    p = [tf.ones(3, tf.float64)]
+    with pytest.raises(ValueError, match="backprop"):
+        unroll(fn, p, SGD(0.1), steps=2, backprop="checkpoint")
+    with pytest.raises(ValueError, match="segment_length"):
+        unroll(fn, p, SGD(0.1), steps=2, backprop="segmented", segment_length=0)
+    with pytest.raises(ValueError, match="truncate_steps"):
+        unroll(fn, p, SGD(0.1), steps=2, backprop="truncated", truncate_steps=0)

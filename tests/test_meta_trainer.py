@@ -73,6 +73,8 @@ def test_non_finite_step_raises_and_leaves_phi_untouched():
         ({"inner_optimizer": "rmsprop"}, "inner_optimizer"),
         ({"unroll_loop": "scan"}, "unroll_loop"),
         ({"seed": -1}, "seed"),
+        ({"backprop": "checkpointed"}, "backprop"),
+        ({"segment_length": 0}, "segment_length"),
         ({"extra_loss_weight": -1.0}, "extra_loss_weight"),
         ({"task_loss_weight": 0.0}, "both be 0"),
     ],
@@ -129,3 +131,31 @@ def test_reset_trainer_equals_a_fresh_trainer_and_keeps_the_learning_rate():
     assert reused.run_steps(0, 4) == fresh.run_steps(0, 4)
     for a, b in zip(_weights(reused), _weights(fresh), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("inner_steps", [2, 12])
+def test_vectorized_meta_batch_equals_the_loop(float64, inner_steps):
+    task = ToyTask(learner="smooth", meta_loss="network", split=True)
+    cfg = task.default_config().replace(meta_batch_size=3, inner_steps=inner_steps, inner_lr=0.2)
+    batch = task.sample(0, 0, 3)
+    out = {}
+    for vec in (True, False):
+        trainer = MetaTrainer(task, cfg.replace(vectorize_meta_batch=vec))
+        grads, info = trainer.meta_gradient(batch, trainer.init_seeds(0))
+        out[vec] = ([g.numpy() for g in grads], [float(v) for v in info])
+    np.testing.assert_allclose(out[True][1], out[False][1], rtol=1e-10)
+    for a, b in zip(out[True][0], out[False][0], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
+def test_segmented_and_truncated_meta_gradients_through_the_trainer(float64):
+    task = ToyTask(learner="smooth", meta_loss="network")
+    cfg = task.default_config().replace(inner_steps=9, inner_lr=0.2)
+    batch = task.sample(0, 0, 1)
+    grads = {}
+    for mode in ("full", "segmented", "truncated"):
+        trainer = MetaTrainer(task, cfg.replace(backprop=mode, segment_length=4, truncate_steps=3))
+        g, _ = trainer.meta_gradient(batch, trainer.init_seeds(0))
+        grads[mode] = np.concatenate([x.numpy().ravel() for x in g])
+    np.testing.assert_allclose(grads["segmented"], grads["full"], rtol=1e-9, atol=1e-14)
+    assert np.abs(grads["truncated"] - grads["full"]).max() > 1e-8
