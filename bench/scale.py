@@ -1,0 +1,152 @@
+"""Scaling benchmark: meta-batch size, long unrolls (memory and time), side by side in one run.
+
+    python bench/scale.py [--repeats 3] [--quick] [--out bench/results/scale.json]
+
+1. Time per meta-step vs meta-batch size B ∈ {1, 4, 16, 64} (sine, family mode, K = 1):
+   the vectorised meta-batch (``tf.vectorized_map``, the default) and the per-task loop.
+2. Peak memory and time per meta-step vs inner steps K ∈ {10, 100, 1000} for
+   ``backprop`` = full / segmented (S = 25) / truncated (T = 10). Each configuration
+   runs in a fresh subprocess; peak memory is the rise of ``ru_maxrss`` over the
+   meta-steps, tracing included (the same for every K: the inner loop is a
+   ``tf.while_loop``); ``tf.config.experimental.get_memory_info`` reports 0 on CPU.
+
+Prints tables and writes JSON with the machine named. Compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+MEMORY_PROBE = """
+import os, resource, sys, time, json
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+sys.path.insert(0, {repo!r})
+import tasks
+from ml3tf.meta_trainer import MetaTrainer
+task = tasks.get("sine", n_points=100)
+cfg = task.default_config().replace(inner_steps={k}, backprop={mode!r}, segment_length=25, truncate_steps=10,
+                                    inner_lr=1e-3, unroll_loop="while")
+trainer = MetaTrainer(task, cfg)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+trainer.run_steps(0, {steps})  # trace and first steps: the rise includes the (K-independent) trace
+start = time.perf_counter()
+trainer.run_steps({steps}, {steps})
+seconds = (time.perf_counter() - start) / {steps}
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"peak_rise_mb": (after - before) / 1024, "peak_rss_mb": after / 1024,
+                   "ms_per_step": seconds * 1e3}}))
+"""
+
+
+def machine() -> dict:
+    from bench.sine import machine as sine_machine
+
+    return sine_machine()
+
+
+def bench_meta_batch(sizes: list[int], repeats: int, quick: bool) -> list[dict]:
+    import tasks
+    from ml3tf.meta_trainer import MetaTrainer
+
+    task = tasks.get("sine", mode="family", n_points=50)
+    modes = {
+        "loop_ms": {"vectorize_meta_batch": False},
+        "vectorized_ms": {"vectorize_meta_batch": True},
+        "vectorized_xla_ms": {"vectorize_meta_batch": True, "jit_compile": True},
+    }
+    rows = []
+    for b in sizes:
+        row: dict = {"meta_batch_size": b}
+        for name, changes in modes.items():
+            if name == "loop_ms" and b > 16:
+                row[name] = None  # tracing a 64-task Python loop alone takes about a minute
+                continue
+            cfg = task.default_config().replace(meta_batch_size=b, steps_per_call=10, **changes)
+            trainer = MetaTrainer(task, cfg)
+            n = 10 if quick else 30
+            trainer.run_steps(0, n)  # trace
+            times = []
+            for r in range(repeats):
+                start = time.perf_counter()
+                trainer.run_steps(n + r * n, n)
+                times.append((time.perf_counter() - start) / n * 1e3)
+            row[name] = statistics.median(times)
+        rows.append(row)
+    for key in ("vectorized_ms", "vectorized_xla_ms"):
+        for row in rows:
+            row[key.replace("_ms", "_cost_vs_b1")] = row[key] / rows[0][key]
+    return rows
+
+
+def bench_unroll(ks: list[int], quick: bool) -> list[dict]:
+    rows = []
+    for k in ks:
+        for mode in ("full", "segmented", "truncated"):
+            steps = 2 if k >= 1000 or quick else 5
+            code = MEMORY_PROBE.format(repo=REPO, k=k, mode=mode, steps=steps)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if out.returncode != 0:
+                rows.append(
+                    {"inner_steps": k, "backprop": mode, "error": out.stderr.strip().splitlines()[-1]}
+                )
+                continue
+            rows.append(
+                {"inner_steps": k, "backprop": mode, **json.loads(out.stdout.strip().splitlines()[-1])}
+            )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "scale.json"))
+    args = ap.parse_args()
+    repeats = 1 if args.quick else args.repeats
+
+    batch_rows = bench_meta_batch([1, 4, 16, 64], repeats, args.quick)
+    unroll_rows = bench_unroll([1, 10, 100, 1000], args.quick)
+    result = {
+        "benchmark": "scale",
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "meta_batch": batch_rows,
+        "unroll": unroll_rows,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+
+    print("ms per meta-step vs meta-batch size (sine family, K=1, median); cost relative to B=1")
+    print(f"{'B':>4} {'loop':>8} {'vectorized':>11} {'(cost)':>7} {'vect.+XLA':>10} {'(cost)':>7}")
+    for r in batch_rows:
+        loop = f"{r['loop_ms']:.2f}" if r["loop_ms"] is not None else "-"
+        vec, vec_cost = r["vectorized_ms"], r["vectorized_cost_vs_b1"]
+        xla, xla_cost = r["vectorized_xla_ms"], r["vectorized_xla_cost_vs_b1"]
+        b = r["meta_batch_size"]
+        print(f"{b:>4} {loop:>8} {vec:>11.2f} {vec_cost:>6.2f}× {xla:>10.2f} {xla_cost:>6.2f}×")
+    print("\nlong unrolls (sine learner, 100 points; fresh process each)")
+    print(f"{'K':>5} {'backprop':>10} {'peak rise MB':>13} {'ms/step':>9}")
+    for r in unroll_rows:
+        if "error" in r:
+            print(f"{r['inner_steps']:>5} {r['backprop']:>10}   error: {r['error']}")
+        else:
+            rise, ms = r["peak_rise_mb"], r["ms_per_step"]
+            print(f"{r['inner_steps']:>5} {r['backprop']:>10} {rise:>13.1f} {ms:>9.1f}")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
