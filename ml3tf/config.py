@@ -57,6 +57,9 @@ class MetaTrainConfig:
     """β in the meta-objective β·L_task + γ·L_extra."""
     extra_loss_weight: float = 0.0
     """γ in the meta-objective β·L_task + γ·L_extra (needs a task with ``extra_loss``)."""
+    strategy: str = "default"
+    """Devices: ``default``, ``mirrored`` (all GPUs / logical CPUs; the meta-batch is split
+    across replicas) or ``tpu`` (``$ML3TF_TPU`` / Colab; falls back to default)."""
     vectorize_meta_batch: bool = True
     """Run the tasks of a meta-batch as one batched computation (``tf.vectorized_map``)."""
     backprop: str = "full"
@@ -102,6 +105,8 @@ class MetaTrainConfig:
             raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}")
         if self.meta_optimizer not in ("adam", "sgd"):
             raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
+        if self.strategy not in ("default", "mirrored", "tpu"):
+            raise ValueError(f"strategy must be 'default', 'mirrored' or 'tpu', got {self.strategy!r}")
         if self.backprop not in BACKPROP_MODES:
             raise ValueError(f"backprop must be one of {BACKPROP_MODES}, got {self.backprop!r}")
         _at_least("segment_length", self.segment_length, 1)

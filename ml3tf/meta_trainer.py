@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
+from ml3tf.distribute import make_strategy
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import make_inner_optimizer, unroll
 from ml3tf.task import Task, TaskBatch
@@ -67,23 +68,39 @@ class MetaTrainer:
         >>> info = trainer.step(task.sample(seed=0, step=0, batch_size=1), step=0)
     """
 
-    def __init__(self, task: Task, config: MetaTrainConfig, meta_loss: keras.Model | None = None):
+    def __init__(
+        self,
+        task: Task,
+        config: MetaTrainConfig,
+        meta_loss: keras.Model | None = None,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
         if not isinstance(config, MetaTrainConfig):
             raise ValueError(f"config must be a MetaTrainConfig, got {type(config).__name__}")
         self.task = task
         self.config = config
-        keras.utils.set_random_seed(config.seed)
-        self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
-        self.learner = task.make_learner()
-        self.functional = FunctionalModel(self.learner)
+        self.strategy = strategy if strategy is not None else make_strategy(config.strategy)
+        self.replicas = int(self.strategy.num_replicas_in_sync)
+        if config.meta_batch_size % self.replicas:
+            raise ValueError(
+                f"meta_batch_size={config.meta_batch_size} must be a multiple of the "
+                f"{self.replicas} replicas of strategy {config.strategy!r}"
+            )
+        self.distributed = self.replicas > 1 or isinstance(self.strategy, tf.distribute.TPUStrategy)
+        with self.strategy.scope():  # φ and the optimizer's slots are mirrored under a strategy
+            keras.utils.set_random_seed(config.seed)
+            self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
+            self.learner = task.make_learner()
+            self.functional = FunctionalModel(self.learner)
+            if config.meta_optimizer == "adam":
+                self.optimizer = keras.optimizers.Adam(config.meta_lr)
+            else:
+                self.optimizer = keras.optimizers.SGD(config.meta_lr)
+            self.optimizer.build(self.meta_loss.trainable_variables)
         self.inner_optimizer = make_inner_optimizer(
             config.inner_optimizer, config.inner_lr, config.inner_momentum
         )
-        if config.meta_optimizer == "adam":
-            self.optimizer = keras.optimizers.Adam(config.meta_lr)
-        else:
-            self.optimizer = keras.optimizers.SGD(config.meta_lr)
-        self.optimizer.build(self.meta_loss.trainable_variables)
+        self._distributed_fn = tf.function(self._distributed_step)
         self._gradient_fn = tf.function(self._gradient, jit_compile=config.jit_compile)
         self._compiled = tf.function(self._graph_step)
         self._compiled_many = tf.function(self._graph_steps, reduce_retracing=True)
@@ -261,6 +278,37 @@ class MetaTrainer:
         )
         return MetaStepInfo(*(t.stack() for t in traces)), oks.stack()
 
+    def _distributed_step(self, values):
+        """One meta-step under ``self.strategy``: each replica takes B/R tasks; the
+        per-replica meta-gradients (means over their tasks) are averaged, then one
+        update is applied to the mirrored φ in cross-replica context."""
+
+        def replica(args):
+            support, query, extra, seeds = args
+            params0s = [self.functional.init_params(seeds[i]) for i in range(seeds.shape[0])]
+            return self._gradient_fn(support, query, extra, params0s)
+
+        grads, info = self.strategy.run(replica, args=(values,))
+        mean = tf.distribute.ReduceOp.MEAN
+        grads = [self.strategy.reduce(mean, g, axis=None) for g in grads]
+        info = MetaStepInfo(*(self.strategy.reduce(mean, v, axis=None) for v in info))
+        info = info._replace(meta_grad_norm=tf.linalg.global_norm(grads))
+        return info, self._apply(grads, info)
+
+    def _distribute(self, batch: TaskBatch, seeds: np.ndarray):
+        """Split the meta-batch (and the θ_0 seeds) into one shard per replica."""
+        per = batch.batch_size // self.replicas
+
+        def value_fn(ctx):
+            part = slice(ctx.replica_id_in_sync_group * per, (ctx.replica_id_in_sync_group + 1) * per)
+
+            def shard(d: dict) -> dict:
+                return {k: tf.convert_to_tensor(np.asarray(v)[part]) for k, v in d.items()}
+
+            return shard(batch.support), shard(batch.query), shard(batch.extra), tf.constant(seeds[part])
+
+        return self.strategy.experimental_distribute_values_from_function(value_fn)
+
     # --- the steps -----------------------------------------------------------------
     def init_seeds(self, step: int, batch_size: int | None = None) -> np.ndarray:
         """Stateless seeds ``(B, 2)`` of the learners' θ_0 at ``step`` (resumable)."""
@@ -270,11 +318,11 @@ class MetaTrainer:
 
     def meta_step(self, batch: TaskBatch, step: int) -> MetaStepInfo:
         """One eager outer update of φ."""
-        return self._run(self._eager_step, batch, step)
+        return self._run(self._distributed_step if self.distributed else self._eager_step, batch, step)
 
     def step(self, batch: TaskBatch, step: int) -> MetaStepInfo:
         """One compiled outer update of φ (``tf.function``, XLA if configured)."""
-        return self._run(self._compiled, batch, step)
+        return self._run(self._distributed_fn if self.distributed else self._compiled, batch, step)
 
     def run_steps(self, first_step: int, count: int) -> list[MetaStepInfo]:
         """Meta-steps ``first_step … first_step + count − 1`` in one compiled call.
@@ -289,6 +337,11 @@ class MetaTrainer:
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
         steps = range(first_step, first_step + count)
+        if self.distributed:  # one call per step: each step's shards are placed per replica
+            return [
+                self.step(self.task.sample(self.config.seed, s, self.config.meta_batch_size), s)
+                for s in steps
+            ]
         batches = [self.task.sample(self.config.seed, s, self.config.meta_batch_size) for s in steps]
 
         def stack(part: str) -> dict:
@@ -311,7 +364,10 @@ class MetaTrainer:
 
     def _run(self, fn, batch: TaskBatch, step: int) -> MetaStepInfo:
         seeds = self.init_seeds(step, batch.batch_size)
-        info, finite = fn(_tensors(batch.support), _tensors(batch.query), _tensors(batch.extra), seeds)
+        if self.distributed:
+            info, finite = fn(self._distribute(batch, seeds))
+        else:
+            info, finite = fn(_tensors(batch.support), _tensors(batch.query), _tensors(batch.extra), seeds)
         if not bool(finite):
             raise NonFiniteError(
                 f"meta-step {step}: non-finite meta-objective or meta-gradient "

@@ -45,6 +45,7 @@ RESUMABLE_FIELDS = frozenset(
         "eval_every",
         "eval_steps",
         "eval_jit_compile",
+        "strategy",
         "steps_per_call",
         "tensorboard",
         "jit_compile",
