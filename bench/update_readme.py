@@ -7,7 +7,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 
 * ``sine``: docs/results/sine/results.json, written by
   ``ml3tf train sine --out-dir <tmp> --seeds 0 1 2 3 4`` (the README's first command);
-* ``bench-sine``: bench/results/sine.json, written by ``python bench/sine.py``.
+* ``bench-sine``: bench/results/sine.json, written by ``python bench/sine.py``;
+* ``bench-scale``: bench/results/scale.json, written by ``python bench/scale.py``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,40 @@ def render_bench_sine() -> str:
     return "\n".join(lines)
 
 
+def render_bench_scale() -> str:
+    with open(os.path.join(REPO, "bench", "results", "scale.json")) as f:
+        b = json.load(f)
+    m = b["machine"]
+    lines = [
+        f"Measured by `python bench/scale.py` on {m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} "
+        f"({b['date']}; [bench/results/scale.json](bench/results/scale.json)).",
+        "",
+        "| meta-batch B | per-task loop ms/step | vectorised ms/step | cost vs B=1 "
+        "| vectorised + XLA ms/step | cost vs B=1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in b["meta_batch"]:
+        loop = "–" if r["loop_ms"] is None else f"{r['loop_ms']:.2f}"
+        vec, vec_cost = r["vectorized_ms"], r["vectorized_cost_vs_b1"]
+        xla, xla_cost = r["vectorized_xla_ms"], r["vectorized_xla_cost_vs_b1"]
+        lines.append(
+            f"| {r['meta_batch_size']} | {loop} | {vec:.2f} | {vec_cost:.2f}× | {xla:.2f} | {xla_cost:.2f}× |"
+        )
+    lines += [
+        "",
+        "| inner steps K | backprop | peak memory rise (MB, incl. tracing) | ms per meta-step |",
+        "|---|---|---|---|",
+    ]
+    for r in b["unroll"]:
+        if "error" in r:
+            lines.append(f"| {r['inner_steps']} | {r['backprop']} | error: {r['error']} | |")
+        else:
+            lines.append(
+                f"| {r['inner_steps']} | {r['backprop']} | {r['peak_rise_mb']:.0f} | {r['ms_per_step']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
     if not pattern.search(text):
@@ -132,6 +167,8 @@ def main() -> None:
     text = replace_block(text, "sine", render_sine())
     if os.path.exists(os.path.join(REPO, "bench", "results", "sine.json")):
         text = replace_block(text, "bench-sine", render_bench_sine())
+    if os.path.exists(os.path.join(REPO, "bench", "results", "scale.json")):
+        text = replace_block(text, "bench-scale", render_bench_scale())
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")
