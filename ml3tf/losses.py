@@ -131,6 +131,20 @@ class LearnedLoss(keras.losses.Loss):
         if self.from_logits and kind != "classification":
             raise ValueError("from_logits=True needs kind='classification'")
         self.input_dim = _input_dim(network)
+        if self.input_dim < 2 or self.input_dim % 2:
+            raise ValueError(
+                f"a loss network sees [ŷ, y] pairs, so its input size must be even and >= 2; "
+                f"network {network.name!r} takes {self.input_dim}"
+            )
+        try:
+            out_shape = tuple(network.compute_output_shape((None, self.input_dim)))
+        except Exception:  # not every model can tell; the call will
+            out_shape = None
+        if out_shape is not None and out_shape[-1] not in (1, None):
+            raise ValueError(
+                f"a loss network returns one value per row, shape (N, 1); network {network.name!r} "
+                f"returns {out_shape}"
+            )
         if kind == "classification" and (self.input_dim < 4 or self.input_dim % 2):
             raise ValueError(
                 f"a classification loss network needs input size 2·C (C >= 2 classes), got {self.input_dim}"
