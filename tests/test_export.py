@@ -178,6 +178,13 @@ def test_refuses_to_overwrite_and_leaves_nothing_half_written(sine_loss, tmp_pat
     assert os.path.isfile(empty / "saved_model.pb")
 
 
+def test_public_names():
+    import ml3tf
+
+    assert ml3tf.export_saved_model is export_saved_model and ml3tf.LearnedLoss is LearnedLoss
+    assert {"LearnedLoss", "export_saved_model"} <= set(ml3tf.__all__)
+
+
 def test_cli_export(tmp_path, capsys):
     src = os.path.join(ROOT, "models", "pretrained", "sine.keras")
     out = tmp_path / "exp"
