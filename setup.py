@@ -30,6 +30,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["ml3tf", "ml3tf.*", "models", "models.*", "tasks", "tasks.*"]),
     include_package_data=True,
+    # The pretrained zoo (LearnedLoss.pretrained): meta-loss files and their manifest.
+    package_data={"models": ["pretrained/*.keras", "pretrained/manifest.json"]},
     install_requires=CORE,
     extras_require={"test": TEST, "tensorboard": TENSORBOARD},
     entry_points={"console_scripts": ["ml3tf=ml3tf.cli:main"]},

@@ -8,7 +8,9 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``sine``: docs/results/sine/results.json, written by
   ``ml3tf train sine --out-dir <tmp> --seeds 0 1 2 3 4`` (the README's first command);
 * ``bench-sine``: bench/results/sine.json, written by ``python bench/sine.py``;
-* ``bench-scale``: bench/results/scale.json, written by ``python bench/scale.py``.
+* ``bench-scale``: bench/results/scale.json, written by ``python bench/scale.py``;
+* ``keras-learned-loss``: bench/results/keras_learned_loss.json, written by
+  ``python bench/keras_learned_loss.py``.
 """
 
 from __future__ import annotations
@@ -149,6 +151,28 @@ def render_bench_scale() -> str:
     return "\n".join(lines)
 
 
+def render_keras_learned_loss() -> str:
+    with open(os.path.join(REPO, "bench", "results", "keras_learned_loss.json")) as f:
+        b = json.load(f)
+    p, m = b["protocol"], b["machine"]
+    lines = [
+        f"MSE after {p['steps']} SGD steps (lr {p['lr']}, full batch), mean ± std over seeds {p['seeds']}:",
+        "",
+        '| split | trained via | `LearnedLoss.pretrained("sine")` | `"mse"` |',
+        "|---|---|---|---|",
+    ]
+    for split in ("train", "test"):
+        for via, key in (("Keras `compile`/`fit`", "keras_fit"), ("`ml3tf eval`", "ml3tf_eval")):
+            r = b[key]["final"][split]
+            lines.append(f"| {split} | {via} | {_pm(r, 'learned')} | {_pm(r, 'baseline')} |")
+    lines += [
+        "",
+        f"Written by `{b['command']}` on {m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} "
+        f"({b['date']}; [bench/results/keras_learned_loss.json](bench/results/keras_learned_loss.json)).",
+    ]
+    return "\n".join(lines)
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
     if not pattern.search(text):
@@ -164,11 +188,14 @@ def main() -> None:
         run_sine()
     with open(README) as f:
         text = f.read()
-    text = replace_block(text, "sine", render_sine())
+    if os.path.exists(os.path.join(SINE_DIR, "results.json")):
+        text = replace_block(text, "sine", render_sine())
     if os.path.exists(os.path.join(REPO, "bench", "results", "sine.json")):
         text = replace_block(text, "bench-sine", render_bench_sine())
     if os.path.exists(os.path.join(REPO, "bench", "results", "scale.json")):
         text = replace_block(text, "bench-scale", render_bench_scale())
+    if os.path.exists(os.path.join(REPO, "bench", "results", "keras_learned_loss.json")):
+        text = replace_block(text, "keras-learned-loss", render_keras_learned_loss())
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")

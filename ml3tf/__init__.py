@@ -24,6 +24,7 @@ _EXPORTS = {
     "Checkpointer": "ml3tf.checkpoint",
     "FunctionalModel": "ml3tf.functional",
     "InnerOptimizer": "ml3tf.inner",
+    "LearnedLoss": "ml3tf.losses",
     "MetaLossNetwork": "ml3tf.meta_loss",
     "MetaStepInfo": "ml3tf.meta_trainer",
     "MetaTrainConfig": "ml3tf.config",
@@ -36,6 +37,7 @@ _EXPORTS = {
     "TaskBatch": "ml3tf.task",
     "TrainResult": "ml3tf.run",
     "evaluate_files": "ml3tf.run",
+    "export_saved_model": "ml3tf.export",
     "load_meta_loss": "ml3tf.meta_loss",
     "make_inner_optimizer": "ml3tf.inner",
     "train": "ml3tf.run",
@@ -48,6 +50,7 @@ __all__ = [
     "Checkpointer",
     "FunctionalModel",
     "InnerOptimizer",
+    "LearnedLoss",
     "MetaLossNetwork",
     "MetaStepInfo",
     "MetaTrainConfig",
@@ -59,6 +62,7 @@ __all__ = [
     "TaskBatch",
     "TrainResult",
     "evaluate_files",
+    "export_saved_model",
     "load_meta_loss",
     "make_inner_optimizer",
     "train",
@@ -68,8 +72,10 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from ml3tf.checkpoint import Checkpointer
     from ml3tf.config import MetaTrainConfig
+    from ml3tf.export import export_saved_model
     from ml3tf.functional import FunctionalModel
     from ml3tf.inner import SGD, Adam, InnerOptimizer, Momentum, make_inner_optimizer, unroll
+    from ml3tf.losses import LearnedLoss
     from ml3tf.meta_loss import MetaLossNetwork, load_meta_loss
     from ml3tf.meta_trainer import MetaStepInfo, MetaTrainer, NonFiniteError
     from ml3tf.run import TrainResult, evaluate_files, train

@@ -3,6 +3,7 @@
     ml3tf tasks
     ml3tf train TASK --out-dir DIR [--seeds 0 1 2 3 4] [--no-eval] [config/task flags]
     ml3tf eval  TASK --meta-loss FILE [FILE …] --out-dir DIR [--seeds …] [--eval-steps N]
+    ml3tf export FILE --out-dir DIR [--kind classification] [--from-logits]
 
 ``eval`` starts from the config.json that ``train`` wrote beside the first
 meta-loss file (same task), so a run is evaluated with its own protocol.
@@ -98,6 +99,16 @@ def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[
     parser = _Parser(prog=PROG, description="ML3: meta-learning via learned loss, on TF2/Keras 3.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("tasks", help="list the registered tasks")
+    exp = sub.add_parser("export", help="export a meta_loss.keras as a SavedModel for serving")
+    exp.add_argument("file", help="meta_loss.keras (from `ml3tf train`), or pretrained:NAME from the zoo")
+    exp.add_argument("--out-dir", required=True, help="SavedModel folder to create (must be new or empty)")
+    exp.add_argument(
+        "--kind",
+        choices=("regression", "classification"),
+        default=None,
+        help="what the loss network scores (default: regression; a zoo entry's own kind)",
+    )
+    exp.add_argument("--from-logits", action="store_true", help="classification: y_pred holds logits")
     groups: dict[str, list[str]] = {}
     task_cls = None
     if task_name is not None:
@@ -194,6 +205,8 @@ def _main(argv: list[str]) -> int:
         return 0 if argv else 2
     parser, groups = _build_parser(task_name)
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return _export(args)
 
     import tasks
 
@@ -242,6 +255,23 @@ def _main(argv: list[str]) -> int:
         print(f"wrote {os.path.join(args.out_dir, 'results.json')} and results.png")
     elif results is not None:
         print(json.dumps(results["final"]))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``ml3tf export FILE --out-dir DIR``: a ``LearnedLoss`` as a SavedModel (``serving_default``)."""
+    from ml3tf.export import export_saved_model
+    from ml3tf.losses import LearnedLoss
+
+    kwargs: dict[str, Any] = {"from_logits": args.from_logits}
+    if args.kind is not None:
+        kwargs["kind"] = args.kind
+    if args.file.startswith("pretrained:"):
+        loss = LearnedLoss.pretrained(args.file.split(":", 1)[1], **kwargs)
+    else:
+        loss = LearnedLoss.from_file(args.file, **kwargs)
+    path = export_saved_model(loss, args.out_dir)
+    print(f"wrote SavedModel {path} (signature serving_default: y_pred, y_true -> loss, mean_loss)")
     return 0
 
 

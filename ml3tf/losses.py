@@ -1,0 +1,353 @@
+"""A trained loss network ``M_φ`` used as an ordinary Keras loss.
+
+At meta-test time ML3's loss is a fixed function: a learner is trained by
+``θ ← θ − α ∇_θ mean_i M_φ(features_i)``. ``LearnedLoss`` packages ``M_φ`` as a
+``keras.losses.Loss`` so that any Keras model can be compiled with it:
+
+    regression      ℓ_i = mean_j M_φ([ŷ_ij, y_ij])           (each element pair, as the sine loss saw)
+    classification  ℓ_i = M_φ([p_i, onehot(y_i)])             (class probabilities and one-hot label)
+    batch loss      L   = reduce(w_i · ℓ_i)                   (Keras reduction, sample weights w)
+
+The network's weights are frozen (``fit`` trains the model, never the loss) and are
+stored *inside* the loss's config (base64 of the raw little-endian arrays, no pickle),
+so a model compiled with it survives ``model.save("m.keras")`` →
+``keras.models.load_model("m.keras")`` (``safe_mode=True``) with identical values.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ml3tf.meta_loss import load_meta_loss
+
+KINDS = ("regression", "classification")
+
+#: Where ``LearnedLoss.pretrained`` looks: ``models/pretrained/`` of the installed ``models`` package.
+ZOO_PACKAGE, ZOO_FOLDER, ZOO_MANIFEST = "models", "pretrained", "manifest.json"
+
+
+def encode_weights(arrays: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Arrays → JSON-safe records ``{"dtype", "shape", "data": base64(little-endian bytes)}``."""
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+        out.append({"dtype": a.dtype.name, "shape": list(a.shape), "data": base64.b64encode(data).decode()})
+    return out
+
+
+def decode_weights(records: Any) -> list[np.ndarray]:
+    """Inverse of ``encode_weights``; ``ValueError`` on anything malformed."""
+    if not isinstance(records, list):
+        raise ValueError(f"weights must be a list of encoded arrays, got {type(records).__name__}")
+    out = []
+    for i, r in enumerate(records):
+        try:
+            dtype = np.dtype(r["dtype"]).newbyteorder("<")
+            if dtype.kind not in "fiub":
+                raise ValueError(f"dtype {r['dtype']!r} is not numeric")
+            shape = tuple(int(s) for s in r["shape"])
+            raw = base64.b64decode(r["data"], validate=True)
+            out.append(np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.name))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"weights[{i}] is not an encoded array: {exc}") from None
+    return out
+
+
+def _input_dim(network: keras.Model) -> int:
+    dim = getattr(network, "input_dim", None)
+    if dim is None:
+        try:
+            dim = network.inputs[0].shape[-1]
+        except (AttributeError, IndexError, ValueError):
+            dim = None
+    if dim is None:
+        raise ValueError(f"cannot tell the input size of the loss network {network.name!r}; build it first")
+    return int(dim)
+
+
+@keras.saving.register_keras_serializable(package="ml3tf")
+class LearnedLoss(keras.losses.Loss):
+    """A trained ML3 loss network as a Keras loss (weights frozen, saved with the loss).
+
+    Per-example loss ``ℓ_i`` (then Keras' ``reduction`` with ``sample_weight``):
+
+    * ``kind="regression"`` (default): ``y_pred`` and ``y_true`` of equal shape
+      ``(N,)``, ``(N, 1)`` or ``(N, d…)`` (a rank difference of one trailing unit axis
+      is tolerated). With a loss network of input size 2 (the paper's sine loss)
+      every element pair is scored on its own and averaged over the example,
+      ``ℓ_i = mean_j M_φ([ŷ_ij, y_ij])`` — the network sees exactly the pairs it saw
+      during meta-training. A network of input size ``2·d`` sees the whole example,
+      ``ℓ_i = M_φ([ŷ_i, y_i])``.
+    * ``kind="classification"``: ``ℓ_i = M_φ([p_i, onehot(y_i)])`` with a network of
+      input size ``2·C`` (the paper's binary loss: ``C = 2``). ``y_pred`` is ``(N, C)``
+      probabilities, or logits with ``from_logits=True`` (softmax); with ``C = 2`` a
+      single sigmoid column ``(N,)``/``(N, 1)`` is accepted too (``p = [1 − s, s]``).
+      ``y_true`` is integer labels ``(N,)``/``(N, 1)`` or one-hot ``(N, C)``.
+
+    Args:
+        network: the loss network ``M_φ`` (a built ``keras.Model``, e.g. from
+            ``ml3tf.load_meta_loss``); it is not copied, but never trained by ``fit``.
+        kind: ``"regression"`` or ``"classification"``.
+        from_logits: classification only: ``y_pred`` holds logits.
+        reduction, name, dtype: as for every ``keras.losses.Loss``.
+
+    Example:
+        >>> loss = ml3tf.LearnedLoss.pretrained("sine")         # or .from_file("runs/sine/meta_loss.keras")
+        >>> model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=loss)
+        >>> model.fit(x, y, batch_size=len(x), epochs=100)
+        >>> model.save("m.keras"); keras.models.load_model("m.keras")  # the loss comes back, weights too
+    """
+
+    def __init__(
+        self,
+        network: keras.Model,
+        kind: str = "regression",
+        from_logits: bool = False,
+        reduction: str | None = "sum_over_batch_size",
+        name: str = "learned_loss",
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if not isinstance(network, keras.Model):
+            raise ValueError(f"network must be a built keras.Model, got {type(network).__name__}")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if not network.built:
+            raise ValueError(f"network {network.name!r} must be built")
+        self.network = network
+        self.network.trainable = False
+        self.kind = kind
+        self.from_logits = bool(from_logits)
+        if self.from_logits and kind != "classification":
+            raise ValueError("from_logits=True needs kind='classification'")
+        self.input_dim = _input_dim(network)
+        if self.input_dim < 2 or self.input_dim % 2:
+            raise ValueError(
+                f"a loss network sees [ŷ, y] pairs, so its input size must be even and >= 2; "
+                f"network {network.name!r} takes {self.input_dim}"
+            )
+        try:
+            out_shape = tuple(network.compute_output_shape((None, self.input_dim)))
+        except Exception:  # not every model can tell; the call will
+            out_shape = None
+        if out_shape is not None and out_shape[-1] not in (1, None):
+            raise ValueError(
+                f"a loss network returns one value per row, shape (N, 1); network {network.name!r} "
+                f"returns {out_shape}"
+            )
+        if kind == "classification" and (self.input_dim < 4 or self.input_dim % 2):
+            raise ValueError(
+                f"a classification loss network needs input size 2·C (C >= 2 classes), got {self.input_dim}"
+            )
+
+    # --- constructors ---------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> LearnedLoss:
+        """The loss network in a ``meta_loss.keras`` written by ``ml3tf train`` (``safe_mode``).
+
+        Raises:
+            ValueError: the file is missing, corrupt, or not a loss network.
+        """
+        network = load_meta_loss(os.fspath(path))
+        return cls(network, **kwargs)
+
+    @classmethod
+    def pretrained(cls, name: str, **kwargs: Any) -> LearnedLoss:
+        """A loss from the zoo in ``models/pretrained/`` (``manifest.json``), sha256-checked.
+
+        Example:
+            >>> loss = LearnedLoss.pretrained("sine")    # the paper's sine loss, seed 0
+        """
+        entry, path = pretrained_entry(name)
+        digest = file_sha256(path)
+        if digest != entry["sha256"]:
+            raise ValueError(
+                f"pretrained loss {name!r}: sha256 of {path!r} is {digest}, the manifest says "
+                f"{entry['sha256']}; the file is damaged or was replaced"
+            )
+        kwargs.setdefault("kind", entry.get("kind", "regression"))
+        return cls.from_file(path, **kwargs)
+
+    # --- the loss -------------------------------------------------------------
+    def features(self, y_true: Any, y_pred: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """Features ``(M, input_dim)`` the network sees and the batch size ``N``.
+
+        Regression with an input size of 2 gives ``M = N·d`` rows (one per element);
+        otherwise ``M = N``. Raises ``ValueError`` on shapes or dtypes that do not fit.
+        """
+        y_pred = tf.convert_to_tensor(y_pred)
+        y_true = tf.convert_to_tensor(y_true)
+        if not y_pred.dtype.is_floating:
+            raise ValueError(f"y_pred must be a float tensor, got dtype {y_pred.dtype.name}")
+        if not (y_true.dtype.is_floating or y_true.dtype.is_integer or y_true.dtype == tf.bool):
+            raise ValueError(f"y_true must be numeric, got dtype {y_true.dtype.name}")
+        dtype = self.network.compute_dtype
+        if y_pred.shape.rank is None or y_true.shape.rank is None:
+            raise ValueError("y_true and y_pred need a known rank")
+        if y_pred.shape.rank == 0 or y_true.shape.rank == 0:
+            raise ValueError(
+                f"y_true and y_pred need a batch axis, got shapes {y_true.shape} and {y_pred.shape}"
+            )
+        n = tf.shape(y_pred)[0]
+        if self.kind == "classification":
+            return self._classification_features(y_true, y_pred, dtype), n
+        y_pred = tf.cast(y_pred, dtype)
+        y_true = tf.cast(y_true, dtype)
+        if y_pred.shape.rank == y_true.shape.rank + 1 and y_pred.shape[-1] == 1:
+            y_pred = tf.squeeze(y_pred, -1)
+        elif y_true.shape.rank == y_pred.shape.rank + 1 and y_true.shape[-1] == 1:
+            y_true = tf.squeeze(y_true, -1)
+        if y_pred.shape.rank != y_true.shape.rank or not y_pred.shape[1:].is_compatible_with(
+            y_true.shape[1:]
+        ):
+            raise ValueError(
+                f"y_true and y_pred must have the same shape for a regression LearnedLoss, "
+                f"got y_true {y_true.shape} and y_pred {y_pred.shape}"
+            )
+        y_pred = tf.reshape(y_pred, (n, -1))
+        y_true = tf.reshape(y_true, (n, -1))
+        if self.input_dim == 2:  # per element: the pairs (ŷ_ij, y_ij)
+            return tf.reshape(tf.stack([y_pred, y_true], axis=-1), (-1, 2)), n
+        d = y_pred.shape[-1]
+        if d is not None and 2 * d != self.input_dim:
+            raise ValueError(
+                f"this loss network takes {self.input_dim} features: 2 per element, or "
+                f"[ŷ, y] of {self.input_dim // 2} values each per example; got {d} values per example"
+            )
+        return tf.concat([y_pred, y_true], axis=-1), n
+
+    def _classification_features(self, y_true: tf.Tensor, y_pred: tf.Tensor, dtype: str) -> tf.Tensor:
+        classes = self.input_dim // 2
+        y_pred = tf.cast(y_pred, dtype)
+        if y_pred.shape.rank == 1 or (y_pred.shape.rank == 2 and y_pred.shape[-1] == 1 and classes == 2):
+            s = tf.reshape(y_pred, (-1, 1))  # one sigmoid column: p(class 1)
+            s = tf.sigmoid(s) if self.from_logits else s
+            probs = tf.concat([1.0 - s, s], axis=-1)
+        elif y_pred.shape.rank == 2 and y_pred.shape[-1] == classes:
+            probs = tf.nn.softmax(y_pred, axis=-1) if self.from_logits else y_pred
+        else:
+            raise ValueError(
+                f"y_pred must be (N, {classes}) class scores"
+                + (" or (N,)/(N, 1) one sigmoid column" if classes == 2 else "")
+                + f" for this loss network, got shape {y_pred.shape}"
+            )
+        if y_true.shape.rank == 2 and y_true.shape[-1] == classes and classes > 1:
+            onehot = tf.cast(y_true, dtype)
+        elif y_true.shape.rank == 1 or (y_true.shape.rank == 2 and y_true.shape[-1] == 1):
+            labels = tf.cast(tf.round(tf.cast(tf.reshape(y_true, (-1,)), tf.float32)), tf.int32)
+            onehot = tf.one_hot(labels, classes, dtype=dtype)
+        else:
+            raise ValueError(
+                f"y_true must be integer labels (N,)/(N, 1) or one-hot (N, {classes}), "
+                f"got shape {y_true.shape}"
+            )
+        return tf.concat([probs, onehot], axis=-1)
+
+    def per_example(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+        """``ℓ_i`` of shape ``(N,)`` (no reduction, no sample weights)."""
+        feats, n = self.features(y_true, y_pred)
+        out = tf.reshape(self.network(feats), (n, -1))
+        return tf.reduce_mean(out, axis=-1)
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> tf.Tensor:
+        for arg, value in (("y_true", y_true), ("y_pred", y_pred)):
+            dtype = getattr(value, "dtype", None)
+            if dtype is None:
+                continue
+            try:
+                dtype = tf.as_dtype(dtype)
+            except TypeError:
+                raise ValueError(f"{arg} must be numeric, got dtype {dtype}") from None
+            if not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
+                raise ValueError(f"{arg} must be numeric, got dtype {dtype.name}")
+        return super().__call__(y_true, y_pred, sample_weight)
+
+    def call(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+        return tf.cast(self.per_example(y_true, y_pred), self.dtype)
+
+    # --- persistence ----------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            network=keras.saving.serialize_keras_object(self.network),
+            network_weights=encode_weights(self.network.get_weights()),
+            kind=self.kind,
+            from_logits=self.from_logits,
+            dtype=self._dtype_policy.name,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LearnedLoss:
+        config = dict(config)
+        net_config = config.pop("network", None)
+        weights = config.pop("network_weights", None)
+        if not isinstance(net_config, dict) or weights is None:
+            raise ValueError("a LearnedLoss config needs 'network' and 'network_weights'")
+        network = keras.saving.deserialize_keras_object(net_config)
+        if not isinstance(network, keras.Model):
+            raise ValueError(f"'network' must deserialize to a keras.Model, got {type(network).__name__}")
+        arrays = decode_weights(weights)
+        expected = [tuple(w.shape) for w in network.weights]
+        if [a.shape for a in arrays] != expected:
+            raise ValueError(
+                f"network_weights have shapes {[a.shape for a in arrays]}, the network needs {expected}"
+            )
+        network.set_weights(arrays)
+        return cls(network, **config)
+
+
+# --- the pretrained zoo ---------------------------------------------------------
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def zoo_dir() -> str:
+    """``models/pretrained`` of the importable ``models`` package (found without importing it)."""
+    spec = importlib.util.find_spec(ZOO_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the pretrained zoo needs the {ZOO_PACKAGE!r} package (pip install ml3tf)")
+    for location in spec.submodule_search_locations:
+        path = os.path.join(location, ZOO_FOLDER)
+        if os.path.isfile(os.path.join(path, ZOO_MANIFEST)):
+            return path
+    raise ValueError(f"no {ZOO_FOLDER}/{ZOO_MANIFEST} in the {ZOO_PACKAGE!r} package")
+
+
+def pretrained_manifest() -> dict[str, Any]:
+    """The zoo's ``manifest.json``: name → {file, sha256, task, config, metrics, command, …}."""
+    path = os.path.join(zoo_dir(), ZOO_MANIFEST)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path!r} is not a readable manifest: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path!r} is not a manifest (a JSON object)")
+    return manifest
+
+
+def pretrained_entry(name: str) -> tuple[dict[str, Any], str]:
+    """The manifest entry of ``name`` and the absolute path of its file."""
+    manifest = pretrained_manifest()
+    entry = manifest.get(name)
+    if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
+        raise ValueError(f"no pretrained loss {name!r}; available: {sorted(manifest)}")
+    path = os.path.join(zoo_dir(), os.path.basename(entry["file"]))
+    if not os.path.isfile(path):
+        raise ValueError(f"pretrained loss {name!r}: {path!r} is missing")
+    return entry, path
