@@ -165,12 +165,20 @@ def inner_step(
     state: Params,
     optimizer: InnerOptimizer,
     opt_state: Any,
+    first_order: bool = False,
 ) -> tuple[Params, Params, Any, tf.Tensor]:
-    """One differentiable step: ``θ ← opt(θ, ∇_θ loss_fn(θ))``; returns the loss at the old θ."""
+    """One differentiable step: ``θ ← opt(θ, ∇_θ loss_fn(θ))``; returns the loss at the old θ.
+
+    ``first_order=True`` treats the inner gradient as a constant (``tf.stop_gradient``):
+    first-order MAML. It removes every path through ``∇_θ loss_fn``, so it must not be
+    used when meta-learning what ``loss_fn`` reads (ML3's φ).
+    """
     with tf.GradientTape() as tape:
         tape.watch(params)
         loss, new_state = loss_fn(params, state)
     grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if first_order:
+        grads = [tf.stop_gradient(g) for g in grads]
     new_params, opt_state = optimizer.update(grads, opt_state, params)
     return new_params, new_state, opt_state, loss
 
@@ -183,6 +191,7 @@ def unroll(
     state: Sequence[tf.Tensor] = (),
     opt_state: Any = None,
     loop: str = "auto",
+    first_order: bool = False,
 ) -> UnrollResult:
     """K differentiable inner steps ``θ_{k+1} = opt(θ_k, ∇_θ L_φ(θ_k))``.
 
@@ -197,6 +206,8 @@ def unroll(
         loop: ``"python"`` unrolls the steps into the graph (fast for K ≤ 10),
             ``"while"`` uses ``tf.while_loop`` (constant graph size for large K),
             ``"auto"`` picks python for K ≤ 10.
+        first_order: stop the gradient through the inner gradients (first-order MAML:
+            with SGD, ``∂θ_K/∂θ_0`` becomes the identity); see ``inner_step``.
 
     Returns:
         An ``UnrollResult`` whose ``params`` are θ_K, differentiable w.r.t. anything
@@ -215,16 +226,20 @@ def unroll(
     if opt_state is None:
         opt_state = optimizer.init(params)
     if loop == "python" or (loop == "auto" and steps <= 10):
-        params, state, opt_state, first = inner_step(loss_fn, params, state, optimizer, opt_state)
+        params, state, opt_state, first = inner_step(
+            loss_fn, params, state, optimizer, opt_state, first_order
+        )
         for _ in range(steps - 1):
-            params, state, opt_state, _ = inner_step(loss_fn, params, state, optimizer, opt_state)
+            params, state, opt_state, _ = inner_step(
+                loss_fn, params, state, optimizer, opt_state, first_order
+            )
         return UnrollResult(params, state, opt_state, first)
 
     # First step outside the loop: it gives the loss at θ_0 and fixes the loop's structure.
-    params, state, opt_state, first = inner_step(loss_fn, params, state, optimizer, opt_state)
+    params, state, opt_state, first = inner_step(loss_fn, params, state, optimizer, opt_state, first_order)
 
     def body(i, p, s, o):
-        p, s, o, _ = inner_step(loss_fn, p, s, optimizer, o)
+        p, s, o, _ = inner_step(loss_fn, p, s, optimizer, o, first_order)
         return i + 1, p, s, o
 
     _, params, state, opt_state = tf.while_loop(
