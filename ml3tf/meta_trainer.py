@@ -47,7 +47,8 @@ class MetaStepInfo(NamedTuple):
         objective: the meta-objective β·L_task + γ·L_extra that φ descends.
         task_loss: L_task after the inner steps, on the query set.
         extra_loss: L_extra after the inner steps (0 when the task has none).
-        learned_loss: the learned loss M_φ at θ_0 on the support set.
+        learned_loss: the inner loss at θ_0 on the support set: M_φ (``ml3``, ``ml3+maml``),
+            the task's baseline loss (``maml``).
         meta_grad_norm: global norm of the meta-gradient (w.r.t. φ and/or θ_0).
     """
 

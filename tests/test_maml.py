@@ -116,13 +116,15 @@ def test_reset_trainer_equals_fresh_trainer_for_maml():
 def test_tiny_end_to_end_per_method(tmp_path, method):
     task = tasks.get("sine", **FEW_SHOT)
     cfg = task.default_config().replace(method=method, inner_lr=0.01, meta_batch_size=2, meta_steps=3)
-    cfg = cfg.replace(eval_steps=3, checkpoint_every=2, eval_jit_compile=False)
+    cfg = cfg.replace(eval_steps=3, checkpoint_every=2, eval_jit_compile=False, eval_every=2)
     run = ml3tf.train(task, cfg, str(tmp_path / "r"))
     assert bool(run.learner_paths) == (method != "ml3")
     assert bool(run.meta_loss_paths) == (method != "maml")
     for path in run.learner_paths + run.meta_loss_paths:
         assert (tmp_path / "r" / path.rsplit("/", 1)[1]).exists()
     res = json.loads((tmp_path / "r" / "results.json").read_text())
+    evals = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if "eval" in r] == [1]  # eval_every=2: after 2 meta-steps
     for split in ("train", "test"):
         assert len(res["curves"][split]["learned"]["mean"]) == 4
         assert np.isfinite(res["final"][split]["learned"])
@@ -193,6 +195,14 @@ def test_cli_train_method_maml_and_first_order_rejected_for_ml3(tmp_path, capsys
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())["config"]
     assert cfg["method"] == "maml" and cfg["first_order"] is True
     assert (tmp_path / "m" / "learner.keras").exists() and not (tmp_path / "m" / "meta_loss.keras").exists()
+    capsys.readouterr()
+    ev = str(tmp_path / "ev")
+    learner = str(tmp_path / "m" / "learner.keras")
+    assert main(["eval", "sine", "--learner", learner, "--out-dir", ev, "--seeds", "0", "--quiet"]) == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    res = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert final == res["final"] and res["learner_files"] == [learner] and res["meta_loss_files"] == []
+    assert main(["eval", "sine", "--out-dir", ev]) == 2
     capsys.readouterr()
     bad = str(tmp_path / "bad")
     assert main(["train", "sine", "--out-dir", bad, "--first-order", *flags]) == 2
