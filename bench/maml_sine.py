@@ -187,6 +187,8 @@ def broader(shots: int, seeds: list[int], cfg, artefacts: dict) -> dict:
             for k, c in FAMILIES.items()
         },
         "other_architecture": list(OTHER_ARCH),
+        "inner_lr": cfg.inner_lr,
+        "n_test_tasks": task_options(shots)["n_test_tasks"],
         "rows": rows,
         "note": "null: not applicable (a learned initialisation does not fit another architecture; the "
         "ml3+maml row on the other architecture uses only its learned loss, from a fresh init)",
@@ -330,8 +332,20 @@ def format_broader(b: dict) -> str:
         cells = []
         for a in arms:
             r = row.get(a)
-            cells.append("not applicable" if r is None else _pm(r["final"], r["final_std"]))
+            if r is None:
+                cells.append("not applicable")
+            elif not math.isfinite(r["final"]):
+                cells.append("diverged¹")
+            else:
+                cells.append(_pm(r["final"], r["final_std"]))
         lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "not applicable: a learned θ₀ does not fit another architecture (ML3+MAML there: its loss only, "
+        "from a fresh init). ¹ SGD at α = "
+        f"{b.get('inner_lr', 'α')} diverged (NaN/Inf) on at least one of the {b.get('n_test_tasks', '')} "
+        "tasks of at least one seed, so the mean over tasks is not finite.",
+    ]
     return "\n".join(lines)
 
 
