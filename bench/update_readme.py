@@ -10,7 +10,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``bench-sine``: bench/results/sine.json, written by ``python bench/sine.py``;
 * ``bench-scale``: bench/results/scale.json, written by ``python bench/scale.py``;
 * ``keras-learned-loss``: bench/results/keras_learned_loss.json, written by
-  ``python bench/keras_learned_loss.py``.
+  ``python bench/keras_learned_loss.py``;
+* ``maml-sine``: docs/results/maml_sine/*.json, written by ``python bench/maml_sine.py``.
 """
 
 from __future__ import annotations
@@ -173,6 +174,40 @@ def render_keras_learned_loss() -> str:
     return "\n".join(lines)
 
 
+def render_maml_sine() -> str:
+    sys.path.insert(0, HERE)
+    from maml_sine import OUT_DIR, format_broader, format_table
+
+    parts = []
+    for shots in (5, 10):
+        path = os.path.join(OUT_DIR, f"results_k{shots}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                parts.append(format_table(json.load(f)))
+    with open(os.path.join(OUT_DIR, "broader.json")) as f:
+        b = json.load(f)
+    with open(os.path.join(OUT_DIR, f"results_k{b['shots']}.json")) as f:
+        res = json.load(f)
+    cfg, m = res["config"], res["machine"]
+    head = (
+        f"Query-set MSE on held-out tasks (mean ± std over seeds {res['seeds']}); meta-training: "
+        f"{cfg['meta_steps']} meta-steps × {cfg['meta_batch_size']} tasks, one inner SGD step at "
+        f"α = {cfg['inner_lr']}, outer Adam lr {cfg['init_lr']} (θ₀) / {cfg['meta_lr']} (φ). "
+        f"Measured on {m['cpu']} ×{m['cpu_count']} ({res['date']})."
+    )
+    return "\n\n".join(
+        [
+            head,
+            *parts,
+            "Broader task distributions (test split, meta-trained on the in-distribution family):",
+            format_broader(b),
+            "Written by `python bench/maml_sine.py` into "
+            "[docs/results/maml_sine/](docs/results/maml_sine/) (`results_k5.json`, `results_k10.json`, "
+            "`broader.json`, `adaptation.png`).",
+        ]
+    )
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
     if not pattern.search(text):
@@ -196,6 +231,8 @@ def main() -> None:
         text = replace_block(text, "bench-scale", render_bench_scale())
     if os.path.exists(os.path.join(REPO, "bench", "results", "keras_learned_loss.json")):
         text = replace_block(text, "keras-learned-loss", render_keras_learned_loss())
+    if os.path.exists(os.path.join(REPO, "docs", "results", "maml_sine", "broader.json")):
+        text = replace_block(text, "maml-sine", render_maml_sine())
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")

@@ -2,7 +2,8 @@
 
 Everything else a run needs is a pure function of ``(seed, step)`` (task sampling
 and learner inits use stateless seeds), so restoring these three is enough for a
-resumed run to end with exactly the metrics of an uninterrupted one.
+resumed run to end with exactly the metrics of an uninterrupted one. When θ₀ is
+meta-learned (MAML) the learner and its outer optimizer are saved too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class Checkpointer:
         meta_loss: the loss network whose variables are φ.
         optimizer: the built outer Keras optimizer.
         max_to_keep: how many checkpoints to keep.
+        learner: the learner whose variables are a meta-learned θ₀ (MAML), or ``None``.
+        init_optimizer: θ₀'s outer optimizer (with ``learner``).
 
     Example:
         >>> ck = Checkpointer("runs/sine/checkpoints", trainer.meta_loss, trainer.optimizer)
@@ -34,10 +37,19 @@ class Checkpointer:
         meta_loss: keras.Model,
         optimizer: keras.optimizers.Optimizer,
         max_to_keep: int = 2,
+        learner: keras.Model | None = None,
+        init_optimizer: keras.optimizers.Optimizer | None = None,
     ) -> None:
         self.directory = os.fspath(directory)
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self._checkpoint = tf.train.Checkpoint(meta_loss=meta_loss, optimizer=optimizer, step=self._step)
+        extra = {}
+        if learner is not None:
+            extra["learner"] = learner
+        if init_optimizer is not None:
+            extra["init_optimizer"] = init_optimizer
+        self._checkpoint = tf.train.Checkpoint(
+            meta_loss=meta_loss, optimizer=optimizer, step=self._step, **extra
+        )
         self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=max_to_keep)
 
     @property

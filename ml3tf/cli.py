@@ -3,6 +3,7 @@
     ml3tf tasks
     ml3tf train TASK --out-dir DIR [--seeds 0 1 2 3 4] [--no-eval] [config/task flags]
     ml3tf eval  TASK --meta-loss FILE [FILE …] --out-dir DIR [--seeds …] [--eval-steps N]
+    ml3tf eval  TASK --learner FILE [FILE …] …      (a maml run's θ₀; with --meta-loss: ml3+maml)
     ml3tf export FILE --out-dir DIR [--kind classification] [--from-logits]
 
 ``eval`` starts from the config.json that ``train`` wrote beside the first
@@ -130,7 +131,13 @@ def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[
             p.add_argument("--no-eval", action="store_true", help="skip the meta-test after training")
         else:
             p.add_argument(
-                "--meta-loss", nargs="+", required=True, help="meta_loss.keras file(s): one, or one per seed"
+                "--meta-loss", nargs="+", default=[], help="meta_loss.keras file(s): one, or one per seed"
+            )
+            p.add_argument(
+                "--learner",
+                nargs="+",
+                default=[],
+                help="learner.keras file(s) of a maml / ml3+maml run: the learned θ₀ to adapt from",
             )
         cfg_group = p.add_argument_group("meta-training config (MetaTrainConfig)")
         groups["config"] = add_dataclass_flags(cfg_group, MetaTrainConfig)
@@ -221,7 +228,11 @@ def _main(argv: list[str]) -> int:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
-    saved = _saved_run(args.meta_loss[0], args.task) if args.command == "eval" else {}
+    saved = {}
+    if args.command == "eval":
+        if not args.meta_loss and not args.learner:
+            raise UsageError("eval needs --meta-loss FILE … and/or --learner FILE …")
+        saved = _saved_run((args.meta_loss or args.learner)[0], args.task)
     task = tasks.get(args.task, **{**saved.get("task_options", {}), **_picked(args, groups["task"])})
     config = task.default_config()
     if "config" in saved:
@@ -247,9 +258,12 @@ def _main(argv: list[str]) -> int:
             print(f"meta-losses: {', '.join(run.meta_loss_paths)}")
     else:
         seeds = args.seeds
+        count = max(len(args.meta_loss), len(args.learner))
         if seeds is None:
-            seeds = list(range(len(args.meta_loss))) if len(args.meta_loss) > 1 else [0, 1, 2, 3, 4]
-        results = ml3tf.evaluate_files(task, args.meta_loss, config, args.out_dir, seeds)
+            seeds = list(range(count)) if count > 1 else [0, 1, 2, 3, 4]
+        results = ml3tf.evaluate_files(
+            task, args.meta_loss, config, args.out_dir, seeds, learner_paths=args.learner or None
+        )
     if results is not None and not args.quiet:
         print(format_summary(results))
         print(f"wrote {os.path.join(args.out_dir, 'results.json')} and results.png")

@@ -16,6 +16,9 @@ INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 #: How ``ml3tf.inner.unroll`` differentiates through the inner steps.
 BACKPROP_MODES = ("full", "segmented", "truncated")
 
+#: What the outer loop learns: the loss φ (ML3), the initialisation θ₀ (MAML), or both.
+METHODS = ("ml3", "maml", "ml3+maml")
+
 
 def _positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -85,6 +88,14 @@ class MetaTrainConfig:
     """Save a resumable checkpoint every N meta-steps (and at the end)."""
     tensorboard: bool = False
     """Also write TensorBoard scalars to ``<run dir>/tensorboard``."""
+    method: str = "ml3"
+    """What is meta-learned: ``ml3`` (the loss φ; learner re-initialised every meta-step), ``maml``
+    (the learner's initialisation θ₀, inner steps on the task's baseline loss) or ``ml3+maml`` (both,
+    separate outer optimizers)."""
+    init_lr: float = 1e-3
+    """Meta learning rate of θ₀ (Adam) for ``maml`` and ``ml3+maml``; ``meta_lr`` stays φ's."""
+    first_order: bool = False
+    """First-order MAML (stop-gradient on the inner gradients); only valid with ``method=maml``."""
 
     def __post_init__(self) -> None:
         _at_least("inner_steps", self.inner_steps, 1)
@@ -113,12 +124,31 @@ class MetaTrainConfig:
         _at_least("truncate_steps", self.truncate_steps, 1)
         if self.unroll_loop not in ("auto", "python", "while"):
             raise ValueError(f"unroll_loop must be 'auto', 'python' or 'while', got {self.unroll_loop!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        _positive("init_lr", self.init_lr)
+        if self.first_order and self.method != "maml":
+            # DESIGN §1: φ reaches the task loss only through the inner gradients.
+            raise ValueError(
+                f"first_order=True is only valid with method='maml', got method={self.method!r}: "
+                "stopping the inner gradients would leave the loss network φ without a gradient"
+            )
         for name in ("task_loss_weight", "extra_loss_weight"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.task_loss_weight == 0 and self.extra_loss_weight == 0:
             raise ValueError("task_loss_weight and extra_loss_weight cannot both be 0")
+
+    @property
+    def learns_loss(self) -> bool:
+        """Whether φ (the loss network) is meta-learned (``ml3``, ``ml3+maml``)."""
+        return self.method in ("ml3", "ml3+maml")
+
+    @property
+    def learns_init(self) -> bool:
+        """Whether θ₀ (the learner's initialisation) is meta-learned (``maml``, ``ml3+maml``)."""
+        return self.method in ("maml", "ml3+maml")
 
     def replace(self, **changes: Any) -> MetaTrainConfig:
         """A copy with ``changes`` applied (validated again)."""

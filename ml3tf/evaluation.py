@@ -6,6 +6,11 @@ trained by SGD, ``θ_{k+1} = θ_k − α ∇_θ ℓ(f_{θ_k}(x), y)``, and the c
 metric after one step, ``c[steps]`` the final one (the authors' ``loss_trace``
 plus the final value). All tasks of a seed train together: one compiled
 ``tf.while_loop`` over the steps with a ``tf.vectorized_map`` over the tasks.
+
+A split is ``(x, y)`` — trained and measured on the same points — or
+``(x_support, y_support, x_query, y_query)``: trained on the support points
+(K-shot) and measured on held-out query points (the few-shot protocol). The
+learned arm may start from a meta-learned θ₀ (MAML) instead of a fresh init.
 """
 
 from __future__ import annotations
@@ -61,35 +66,44 @@ def make_curve_fn(
     optimizer: InnerOptimizer,
     jit_compile: bool = False,
 ) -> CurveFn:
-    """Compiled ``(θ_0, xs, ys, state, loss_params) ↦ curves (T, steps + 1)`` for T tasks at once.
+    """Compiled ``(θ_0, xs, ys, state, loss_params[, xq, yq]) ↦ curves (T, steps + 1)`` for T tasks.
 
-    ``θ_0``, ``xs``, ``ys`` and ``state`` have a leading task axis T. One
+    ``θ_0``, ``xs``, ``ys`` and ``state`` have a leading task axis T. With query
+    points ``xq, yq`` the metric is measured on them (training stays on ``xs, ys``). One
     ``tf.while_loop`` over the steps; inside it, ``tf.vectorized_map`` computes all
     T learners' gradients in one batched computation. The update is elementwise,
     so the inner optimizers apply to the stacked parameters unchanged.
     """
 
-    def curves(params, xs, ys, state, loss_params):
+    def curves(params, xs, ys, state, loss_params, xq=None, yq=None):
+        query = xq is not None
+        if not query:
+            xq, yq = xs, ys
+
+        def measure(p, s, x, y):
+            y_pred, _ = functional.apply(p, x, s, training=True)
+            return tf.cast(metric_fn(y_pred, y), tf.float32)
+
         def one(args):
-            p, s, x, y = args
+            p, s, x, y, x_q, y_q = args
             with tf.GradientTape() as tape:
                 tape.watch(p)
                 y_pred, s_new = functional.apply(p, x, s, training=True)
                 loss = loss_fn(y_pred, y, loss_params)
             g = tape.gradient(loss, p, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return g, s_new, tf.cast(metric_fn(y_pred, y), tf.float32)
+            metric = measure(p, s, x_q, y_q) if query else tf.cast(metric_fn(y_pred, y), tf.float32)
+            return g, s_new, metric
 
         def final_metric(args):
-            p, s, x, y = args
-            y_pred, _ = functional.apply(p, x, s, training=True)
-            return tf.cast(metric_fn(y_pred, y), tf.float32)
+            p, s, _x, _y, x_q, y_q = args
+            return measure(p, s, x_q, y_q)
 
         params, state = list(params), list(state)
         opt_state = optimizer.init(params)
         trace = tf.TensorArray(tf.float32, size=steps + 1)
 
         def body(i, p, s, o, tr):
-            g, s_new, metric = tf.vectorized_map(one, (p, s, xs, ys))
+            g, s_new, metric = tf.vectorized_map(one, (p, s, xs, ys, xq, yq))
             p, o = optimizer.update(g, o, p)
             return i + 1, p, s_new, o, tr.write(i, metric)
 
@@ -99,7 +113,7 @@ def make_curve_fn(
             (tf.constant(0), params, state, opt_state, trace),
             maximum_iterations=steps,
         )
-        trace = trace.write(steps, tf.vectorized_map(final_metric, (params, state, xs, ys)))
+        trace = trace.write(steps, tf.vectorized_map(final_metric, (params, state, xs, ys, xq, yq)))
         return tf.transpose(trace.stack())
 
     return tf.function(curves, jit_compile=jit_compile)
@@ -161,18 +175,31 @@ class SupervisedEvaluator:
         seeds = np.array([[seed, EVAL_SEED_OFFSET + t] for t in range(count)], np.int32)
         return fn(seeds)
 
-    def _curves(self, fn: CurveFn, seed: int, splits: dict, loss_params: list) -> dict[str, np.ndarray]:
-        """Per split, the mean curve over its tasks; splits of equal shapes run as one batch."""
+    def _curves(
+        self, fn: CurveFn, seed: int, splits: dict, loss_params: list, init: list | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per split, the mean curve over its tasks; splits of equal shapes run as one batch.
+
+        ``init``: one θ₀ (list of arrays) every task starts from; default fresh Xavier inits.
+        """
         groups: dict[tuple, list[str]] = {}
-        for name, (xs, ys) in splits.items():
-            groups.setdefault((np.shape(xs)[1:], np.shape(ys)[1:]), []).append(name)
+        for name, arrays in splits.items():
+            if len(arrays) not in (2, 4):
+                raise ValueError(f"split {name!r} must be (x, y) or (x_s, y_s, x_q, y_q), got {len(arrays)}")
+            groups.setdefault(tuple(np.shape(a)[1:] for a in arrays), []).append(name)
         out = {}
         for names in groups.values():
-            xs = np.concatenate([splits[n][0] for n in names])
-            ys = np.concatenate([splits[n][1] for n in names])
-            params0 = self._initial_params(seed, len(xs))
-            state = [tf.stack([s] * len(xs)) for s in self.functional.state()]
-            c = fn(params0, tf.convert_to_tensor(xs), tf.convert_to_tensor(ys), state, loss_params).numpy()
+            arrays = [
+                tf.convert_to_tensor(np.concatenate([splits[n][i] for n in names]))
+                for i in range(len(splits[names[0]]))
+            ]
+            count = int(arrays[0].shape[0])
+            if init is None:
+                params0 = self._initial_params(seed, count)
+            else:
+                params0 = [tf.stack([tf.convert_to_tensor(p)] * count) for p in init]
+            state = [tf.stack([s] * count) for s in self.functional.state()]
+            c = fn(params0, arrays[0], arrays[1], state, loss_params, *arrays[2:]).numpy()
             start = 0
             for n in names:
                 count = len(splits[n][0])
@@ -180,23 +207,46 @@ class SupervisedEvaluator:
                 start += count
         return out
 
-    def evaluate(self, meta_losses: list[keras.Model], seeds: list[int], config: dict | None = None) -> dict:
-        """Results in the DESIGN §3 schema; ``meta_losses[i]`` serves ``seeds[i]`` (or one serves all)."""
+    def evaluate(
+        self,
+        meta_losses: list[keras.Model],
+        seeds: list[int],
+        config: dict | None = None,
+        initial_params: list | None = None,
+    ) -> dict:
+        """Results in the DESIGN §3 schema; ``meta_losses[i]`` serves ``seeds[i]`` (or one serves all).
+
+        ``initial_params`` (MAML): θ₀ per seed (or one for all), each a list of arrays
+        aligned with the learner's trainable variables; the ``learned`` arm starts
+        from it instead of a fresh init. With ``meta_losses=[]`` that arm trains on
+        the baseline loss (plain MAML); the ``baseline`` arm is always a fresh init.
+        """
         from ml3tf.results import summarize
 
-        if not meta_losses:
-            raise ValueError("meta_losses must hold at least one loss network")
-        if len(meta_losses) not in (1, len(seeds)):
-            raise ValueError(
-                f"got {len(meta_losses)} meta-losses for {len(seeds)} seeds: give one, or one per seed"
-            )
+        if not meta_losses and initial_params is None:
+            raise ValueError("meta_losses must hold at least one loss network (or give initial_params)")
+        for name, given in (("meta-losses", meta_losses), ("initial_params", initial_params)):
+            if given and len(given) not in (1, len(seeds)):
+                raise ValueError(f"got {len(given)} {name} for {len(seeds)} seeds: give one, or one per seed")
+        if initial_params is not None:
+            shapes = [tuple(s) for s in self.functional.shapes]
+            for init in initial_params:
+                got = [tuple(np.shape(p)) for p in init]
+                if got != shapes:
+                    raise ValueError(f"initial_params shapes {got} do not match the learner's {shapes}")
         start = time.perf_counter()
         curves: dict[str, dict[str, list[np.ndarray]]] = {}
         for i, seed in enumerate(seeds):
-            meta_loss = meta_losses[i if len(meta_losses) > 1 else 0]
-            phi = [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
             splits = self.task.eval_splits(seed)
-            learned = self._curves(self._learned_fn(meta_loss), seed, splits, phi)
+            init = None
+            if initial_params is not None:
+                init = initial_params[i if len(initial_params) > 1 else 0]
+            if meta_losses:
+                meta_loss = meta_losses[i if len(meta_losses) > 1 else 0]
+                phi = [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
+                learned = self._curves(self._learned_fn(meta_loss), seed, splits, phi, init)
+            else:
+                learned = self._curves(self._baseline_fn, seed, splits, [], init)
             if seed not in self._baseline_curves:
                 self._baseline_curves[seed] = self._curves(self._baseline_fn, seed, splits, [])
             for split in splits:

@@ -165,27 +165,37 @@ def inner_step(
     state: Params,
     optimizer: InnerOptimizer,
     opt_state: Any,
+    first_order: bool = False,
 ) -> tuple[Params, Params, Any, tf.Tensor]:
-    """One differentiable step: ``θ ← opt(θ, ∇_θ loss_fn(θ))``; returns the loss at the old θ."""
+    """One differentiable step: ``θ ← opt(θ, ∇_θ loss_fn(θ))``; returns the loss at the old θ.
+
+    ``first_order=True`` treats the inner gradient as a constant (``tf.stop_gradient``):
+    first-order MAML. It removes every path through ``∇_θ loss_fn``, so it must not be
+    used when meta-learning what ``loss_fn`` reads (ML3's φ).
+    """
     with tf.GradientTape() as tape:
         tape.watch(params)
         loss, new_state = loss_fn(params, state)
     grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    if first_order:
+        grads = [tf.stop_gradient(g) for g in grads]
     new_params, opt_state = optimizer.update(grads, opt_state, params)
     return new_params, new_state, opt_state, loss
 
 
-def _advance(loss_fn, params, state, optimizer, opt_state, n: int, loop: str):
+def _advance(loss_fn, params, state, optimizer, opt_state, n: int, loop: str, first_order: bool = False):
     """``n`` ≥ 0 inner steps (no loss value returned): a Python loop or a ``tf.while_loop``."""
     if n <= 0:
         return params, state, opt_state
     if loop == "python" or (loop == "auto" and n <= 10):
         for _ in range(n):
-            params, state, opt_state, _ = inner_step(loss_fn, params, state, optimizer, opt_state)
+            params, state, opt_state, _ = inner_step(
+                loss_fn, params, state, optimizer, opt_state, first_order
+            )
         return params, state, opt_state
 
     def body(i, p, s, o):
-        p, s, o, _ = inner_step(loss_fn, p, s, optimizer, o)
+        p, s, o, _ = inner_step(loss_fn, p, s, optimizer, o, first_order)
         return i + 1, p, s, o
 
     _, params, state, opt_state = tf.while_loop(
@@ -197,7 +207,9 @@ def _advance(loss_fn, params, state, optimizer, opt_state, n: int, loop: str):
     return list(params), list(state), opt_state
 
 
-def _segmented(loss_fn, params, state, optimizer, opt_state, n: int, segment_length: int):
+def _segmented(
+    loss_fn, params, state, optimizer, opt_state, n: int, segment_length: int, first_order: bool = False
+):
     """``n`` steps whose backward pass recomputes one segment at a time (exact, O(K/S + S) memory).
 
     Forward: run the steps without recording, keeping only the carry (θ, state,
@@ -214,7 +226,7 @@ def _segmented(loss_fn, params, state, optimizer, opt_state, n: int, segment_len
 
     def advance(flat, length):
         p, s, o = tf.nest.pack_sequence_as(structure, list(flat))
-        return tf.nest.flatten(_advance(loss_fn, p, s, optimizer, o, length, "while"))
+        return tf.nest.flatten(_advance(loss_fn, p, s, optimizer, o, length, "while", first_order))
 
     def segment_grads(start, length, d_end, variables):
         with tf.GradientTape() as tape:
@@ -281,6 +293,7 @@ def unroll(
     backprop: str = "full",
     segment_length: int = 25,
     truncate_steps: int = 0,
+    first_order: bool = False,
 ) -> UnrollResult:
     """K differentiable inner steps ``θ_{k+1} = opt(θ_k, ∇_θ L_φ(θ_k))``.
 
@@ -303,6 +316,8 @@ def unroll(
             ``truncate_steps`` steps (the earlier ones are treated as constants).
         segment_length: S for ``backprop="segmented"``.
         truncate_steps: T for ``backprop="truncated"`` (T ≥ K is the full gradient).
+        first_order: stop the gradient through the inner gradients (first-order MAML:
+            with SGD, ``∂θ_K/∂θ_0`` becomes the identity); see ``inner_step``.
 
     Returns:
         An ``UnrollResult`` whose ``params`` are θ_K, differentiable w.r.t. anything
@@ -326,20 +341,21 @@ def unroll(
     state = list(state)
     if opt_state is None:
         opt_state = optimizer.init(params)
+    fo = bool(first_order)
     # The first step gives the loss at θ_0 (and fixes a while loop's structure).
-    params, state, opt_state, first = inner_step(loss_fn, params, state, optimizer, opt_state)
+    params, state, opt_state, first = inner_step(loss_fn, params, state, optimizer, opt_state, fo)
     rest = steps - 1
     if backprop == "segmented" and rest > 0:
         params, state, opt_state = _segmented(
-            loss_fn, params, state, optimizer, opt_state, rest, int(segment_length)
+            loss_fn, params, state, optimizer, opt_state, rest, int(segment_length), fo
         )
     elif backprop == "truncated" and steps > int(truncate_steps):
         prefix = steps - int(truncate_steps) - 1  # steps after the first that get no gradient
-        params, state, opt_state = _advance(loss_fn, params, state, optimizer, opt_state, prefix, loop)
+        params, state, opt_state = _advance(loss_fn, params, state, optimizer, opt_state, prefix, loop, fo)
         params, state, opt_state = tf.nest.map_structure(tf.stop_gradient, (params, state, opt_state))
         params, state, opt_state = _advance(
-            loss_fn, list(params), list(state), optimizer, opt_state, int(truncate_steps), loop
+            loss_fn, list(params), list(state), optimizer, opt_state, int(truncate_steps), loop, fo
         )
     else:
-        params, state, opt_state = _advance(loss_fn, params, state, optimizer, opt_state, rest, loop)
+        params, state, opt_state = _advance(loss_fn, params, state, optimizer, opt_state, rest, loop, fo)
     return UnrollResult(list(params), list(state), opt_state, first)

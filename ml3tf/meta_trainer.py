@@ -12,7 +12,18 @@ and scored by the meta-objective
 
 whose gradient reaches φ only through the inner gradients (the mixed second
 derivative ∂/∂φ ∇_θ M_φ). There is deliberately no first-order / stop-gradient
-mode: it would leave φ without any gradient.
+mode for φ: it would leave φ without any gradient.
+
+``config.method`` picks what the outer loop learns, with the same unroll:
+
+* ``ml3``: φ, as above (θ_0 drawn fresh for every task);
+* ``maml`` (Finn et al. 2017): θ_0 itself — the learner's trainable variables —
+  with the task's hand-written baseline loss as the inner loss,
+  ``θ_0 ← θ_0 − η_0 ∇_{θ_0} L_task(f_{θ_K(θ_0)}, query)``; second order by
+  default, ``first_order=True`` stops the gradient through the inner gradients
+  (then, with SGD, ``∇_{θ_0} ≈ ∇_{θ_K} L_task``);
+* ``ml3+maml``: θ_0 and φ together, each with its own outer optimizer
+  (``init_lr`` for θ_0, ``meta_lr`` for φ).
 """
 
 from __future__ import annotations
@@ -37,8 +48,9 @@ class MetaStepInfo(NamedTuple):
         objective: the meta-objective β·L_task + γ·L_extra that φ descends.
         task_loss: L_task after the inner steps, on the query set.
         extra_loss: L_extra after the inner steps (0 when the task has none).
-        learned_loss: the learned loss M_φ at θ_0 on the support set.
-        meta_grad_norm: global norm of ∇_φ of the objective.
+        learned_loss: the inner loss at θ_0 on the support set: M_φ (``ml3``, ``ml3+maml``),
+            the task's baseline loss (``maml``).
+        meta_grad_norm: global norm of the meta-gradient (w.r.t. φ and/or θ_0).
     """
 
     objective: Any
@@ -97,6 +109,11 @@ class MetaTrainer:
             else:
                 self.optimizer = keras.optimizers.SGD(config.meta_lr)
             self.optimizer.build(self.meta_loss.trainable_variables)
+            # MAML: θ_0 is the learner's trainable variables, with its own outer optimizer.
+            self.init_optimizer = None
+            if config.learns_init:
+                self.init_optimizer = keras.optimizers.Adam(config.init_lr)
+                self.init_optimizer.build(self.learner.trainable_variables)
         self.inner_optimizer = make_inner_optimizer(
             config.inner_optimizer, config.inner_lr, config.inner_momentum
         )
@@ -117,15 +134,38 @@ class MetaTrainer:
         fresh = self.task.make_meta_loss()
         for v, w in zip(self.meta_loss.weights, fresh.weights, strict=True):
             v.assign(w)
-        for v in self.optimizer.variables:
-            if v is not getattr(self.optimizer, "_learning_rate", None) and not v.path.endswith(
-                "learning_rate"
-            ):
-                v.assign(tf.zeros_like(v))
+        fresh_learner = self.task.make_learner()  # same draw order as __init__
+        if self.config.learns_init:
+            for v, w in zip(self.learner.weights, fresh_learner.weights, strict=True):
+                v.assign(w)
+        for opt in (self.optimizer, self.init_optimizer):
+            for v in [] if opt is None else opt.variables:
+                if v is not getattr(opt, "_learning_rate", None) and not v.path.endswith("learning_rate"):
+                    v.assign(tf.zeros_like(v))
 
     # --- the math ------------------------------------------------------------------
+    @property
+    def meta_variables(self) -> list:
+        """What the outer loop updates: φ (``ml3``), θ_0 (``maml``) or φ then θ_0 (``ml3+maml``)."""
+        out = list(self.meta_loss.trainable_variables) if self.config.learns_loss else []
+        if self.config.learns_init:
+            out += list(self.learner.trainable_variables)
+        return out
+
     def inner_loss_fn(self, data: dict):
-        """``(θ, state) ↦ (mean M_φ(features(f_θ, support)), new_state)``."""
+        """``(θ, state) ↦ (mean M_φ(features(f_θ, support)), new_state)``.
+
+        With ``method=maml`` the inner loss is the task's baseline loss instead
+        (``task.baseline_inner_loss``, e.g. MSE).
+        """
+        if not self.config.learns_loss:
+            baseline = getattr(self.task, "baseline_inner_loss", None)
+            if baseline is None:
+                raise ValueError(
+                    f"method='maml' needs a task with baseline_inner_loss; "
+                    f"{getattr(self.task, 'name', self.task)!r} has none"
+                )
+            return lambda params, state: baseline(self.functional, params, state, data)
 
         def loss_fn(params, state):
             feats, new_state = self.task.meta_loss_inputs(self.functional, params, state, data)
@@ -148,6 +188,7 @@ class MetaTrainer:
             backprop=cfg.backprop,
             segment_length=cfg.segment_length,
             truncate_steps=cfg.truncate_steps,
+            first_order=cfg.first_order,
         )
 
     def initial_params(self, init_seeds: Any) -> list[list[tf.Tensor]]:
@@ -176,12 +217,20 @@ class MetaTrainer:
         """Meta-objective averaged over the meta-batch; differentiable w.r.t. φ.
 
         ``init_seeds`` is an int array ``(B, 2)``: the stateless seeds of each task's θ_0
-        (or, already expanded, the list of θ_0 from ``initial_params``). With
+        (or, already expanded, the list of θ_0 from ``initial_params``). When θ_0 is
+        meta-learned (``maml``, ``ml3+maml``) every task starts from the learner's
+        variables instead, read here so that the gradient reaches them. With
         ``config.vectorize_meta_batch`` and B > 1 the B tasks run as one batched
         computation (``tf.vectorized_map``); otherwise one after the other.
         """
-        params0s = init_seeds if isinstance(init_seeds, list) else self.initial_params(init_seeds)
         b = batch.batch_size
+        if self.config.learns_init:
+            theta0 = [tf.identity(v) for v in self.learner.trainable_variables]
+            params0s = [theta0] * b
+        elif isinstance(init_seeds, list):
+            params0s = init_seeds
+        else:
+            params0s = self.initial_params(init_seeds)
         if self.config.vectorize_meta_batch and b > 1:
             stacked = [tf.stack(p) for p in zip(*params0s, strict=True)]
 
@@ -197,8 +246,8 @@ class MetaTrainer:
         return total, {"task_loss": lt, "extra_loss": le, "learned_loss": first}
 
     def meta_gradient(self, batch: TaskBatch, init_seeds: Any) -> tuple[list, MetaStepInfo]:
-        """``∇_φ`` of the meta-objective (eager unless called inside a graph)."""
-        variables = self.meta_loss.trainable_variables
+        """Gradient of the meta-objective w.r.t. ``meta_variables`` (eager unless called in a graph)."""
+        variables = self.meta_variables
         with tf.GradientTape() as tape:
             total, parts = self.objective(batch, init_seeds)
         grads = tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -222,14 +271,25 @@ class MetaTrainer:
         is XLA-compiled (``jit_compile``); this update runs in the plain graph.
         """
         finite = tf.math.is_finite(info.objective) & tf.math.is_finite(info.meta_grad_norm)
-        variables = self.meta_loss.trainable_variables
 
         def apply() -> tf.Tensor:
-            self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+            self._apply_gradients(grads)
             return tf.constant(True)
 
         tf.cond(finite, apply, lambda: tf.constant(False))
         return finite
+
+    def _apply_gradients(self, grads: list) -> None:
+        """φ's part of ``grads`` to the φ optimizer, θ_0's part to the θ_0 optimizer."""
+        n_phi = len(self.meta_loss.trainable_variables) if self.config.learns_loss else 0
+        if n_phi:
+            self.optimizer.apply_gradients(
+                zip(grads[:n_phi], self.meta_loss.trainable_variables, strict=True)
+            )
+        if self.init_optimizer is not None:
+            self.init_optimizer.apply_gradients(
+                zip(grads[n_phi:], self.learner.trainable_variables, strict=True)
+            )
 
     def _eager_step(self, support, query, extra, seeds):
         grads, info = self._gradient(support, query, extra, self.initial_params(seeds))
@@ -266,7 +326,7 @@ class MetaTrainer:
             ok = ok & finite
 
             def apply() -> tf.Tensor:
-                self.optimizer.apply_gradients(zip(grads, self.meta_loss.trainable_variables, strict=True))
+                self._apply_gradients(grads)
                 return tf.constant(True)
 
             tf.cond(ok, apply, lambda: tf.constant(False))

@@ -106,7 +106,9 @@ def plot_results(results: dict[str, Any], path: str) -> None:
                 continue
             mean, std = np.asarray(c["mean"]), np.asarray(c["std"])
             k = np.arange(len(mean))
-            label = "ML3 learned loss" if method == "learned" else results["baseline"]
+            method_name = results.get("config", {}).get("method", "ml3")
+            learned_label = {"maml": "MAML init", "ml3+maml": "ML3+MAML"}.get(method_name, "ML3 learned loss")
+            label = learned_label if method == "learned" else results["baseline"]
             ax.plot(k, mean, color=color, label=label)
             ax.fill_between(k, mean - std, mean + std, color=color, alpha=0.2)
         ax.set_title(f"{results['task']}: {split} tasks")

@@ -5,7 +5,8 @@ A run folder holds
     config.json       task, task options and the MetaTrainConfig
     metrics.jsonl     one JSON line per meta-step (and per evaluation with eval_every)
     checkpoints/      φ + outer optimizer, every ``checkpoint_every`` steps and at the end
-    meta_loss.keras   the trained loss network (written once training is complete)
+    meta_loss.keras   the trained loss network (written once training is complete; ml3, ml3+maml)
+    learner.keras     the learner holding the meta-learned θ₀ (maml, ml3+maml)
     tensorboard/      scalars, with ``config.tensorboard``
 
 With several seeds, each seed gets ``<out_dir>/seed_<s>/``; ``results.json`` and
@@ -16,6 +17,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -64,6 +66,8 @@ class TrainResult:
     run_dirs: list[str]
     meta_loss_paths: list[str]
     results: dict | None
+    learner_paths: list[str] = dataclasses.field(default_factory=list)
+    """``learner.keras`` files holding the meta-learned θ₀ (``maml``, ``ml3+maml``)."""
 
 
 def check_out_dir(out_dir: str) -> str:
@@ -164,6 +168,18 @@ def save_meta_loss(meta_loss: keras.Model, path: str) -> None:
             os.unlink(tmp)
 
 
+def load_learner(path: str) -> keras.Model:
+    """Load a learner saved as ``.keras`` by a MAML run (``safe_mode=True``: no code runs)."""
+    try:
+        return load_meta_loss(path)  # the same checks: exists, a .keras archive, a Keras model
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("meta-loss file", "learner file")) from None
+
+
+def _learner_params(model: keras.Model) -> list:
+    return [v.numpy() for v in model.trainable_variables]
+
+
 def _chunk_end(step: int, config: MetaTrainConfig) -> int:
     """End (exclusive) of the next compiled chunk: at most ``steps_per_call`` steps,
     never past a checkpoint, an evaluation or the last step."""
@@ -181,7 +197,9 @@ def train_one(
     on_step: StepCallback | None = None,
     trainer: MetaTrainer | None = None,
 ) -> str:
-    """Meta-train ``config.seed`` into ``run_dir`` (resuming if possible); returns the ``.keras`` path.
+    """Meta-train ``config.seed`` into ``run_dir`` (resuming if possible); returns the ``.keras`` path
+    of what was learned: ``meta_loss.keras`` (``ml3``, ``ml3+maml``; the latter also writes
+    ``learner.keras``) or ``learner.keras`` (``maml``).
 
     ``trainer``: a ``MetaTrainer`` for the same task and config (any seed) to reuse
     — it is ``reset`` to ``config.seed``, which saves tracing its step again.
@@ -197,12 +215,20 @@ def train_one(
         raise ValueError("trainer must have been built for the same task and config")
     else:
         trainer.reset(config.seed)
-    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), trainer.meta_loss, trainer.optimizer)
+    ckpt = Checkpointer(
+        os.path.join(run_dir, "checkpoints"),
+        trainer.meta_loss,
+        trainer.optimizer,
+        learner=trainer.learner if config.learns_init else None,
+        init_optimizer=trainer.init_optimizer,
+    )
     start = ckpt.restore()
     loss_path = os.path.join(run_dir, "meta_loss.keras")
-    if start >= config.meta_steps and os.path.exists(loss_path):
+    learner_path = os.path.join(run_dir, "learner.keras")
+    outputs = ([loss_path] if config.learns_loss else []) + ([learner_path] if config.learns_init else [])
+    if start >= config.meta_steps and all(os.path.exists(p) for p in outputs):
         log.info("seed %d: already trained (%d meta-steps) in %s", config.seed, start, run_dir)
-        return loss_path
+        return outputs[0]
     if start:
         log.info("seed %d: resuming from meta-step %d", config.seed, start)
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
@@ -226,7 +252,12 @@ def train_one(
                     on_step(config.seed, step + k, info)
             step = end
             if config.eval_every and step % config.eval_every == 0:
-                res = task.evaluate([trainer.meta_loss], config, [config.seed])
+                res = task.evaluate(
+                    [trainer.meta_loss] if config.learns_loss else [],
+                    config,
+                    [config.seed],
+                    **({"initial_params": [_learner_params(trainer.learner)]} if config.learns_init else {}),
+                )
                 metrics.write(json.dumps({"step": step - 1, "eval": res["final"]}) + "\n")
             if step % config.checkpoint_every == 0 or step == config.meta_steps:
                 metrics.flush()
@@ -234,8 +265,11 @@ def train_one(
                 ckpt.save(step)
     if writer is not None:
         writer.close()
-    save_meta_loss(trainer.meta_loss, loss_path)
-    return loss_path
+    if config.learns_loss:
+        save_meta_loss(trainer.meta_loss, loss_path)
+    if config.learns_init:
+        save_meta_loss(trainer.learner, learner_path)
+    return outputs[0]
 
 
 def train(
@@ -274,14 +308,14 @@ def train(
     for run_dir, seed in zip(run_dirs, seeds, strict=True):  # refuse before writing anything
         _check_resume(run_dir, _run_record(task, config.replace(seed=seed)))
     trainer = MetaTrainer(task, config.replace(seed=seeds[0]))  # one trace serves every seed
-    paths = [
+    for run_dir, seed in zip(run_dirs, seeds, strict=True):
         train_one(task, config.replace(seed=seed), run_dir, on_step, trainer)
-        for run_dir, seed in zip(run_dirs, seeds, strict=True)
-    ]
+    paths = [os.path.join(d, "meta_loss.keras") for d in run_dirs] if config.learns_loss else []
+    learners = [os.path.join(d, "learner.keras") for d in run_dirs] if config.learns_init else []
     results = None
     if evaluate:
-        results = evaluate_files(task, paths, config, out, seeds)
-    return TrainResult(out, run_dirs, paths, results)
+        results = evaluate_files(task, paths, config, out, seeds, learner_paths=learners or None)
+    return TrainResult(out, run_dirs, paths, results, learners)
 
 
 def evaluate_files(
@@ -292,17 +326,31 @@ def evaluate_files(
     seeds: Sequence[int],
     steps: int | None = None,
     plot: bool = True,
+    learner_paths: Sequence[str] | None = None,
 ) -> dict:
-    """Meta-test saved loss networks (one, or one per seed); write ``results.json`` (+ PNG)."""
+    """Meta-test saved loss networks (one, or one per seed); write ``results.json`` (+ PNG).
+
+    ``learner_paths`` (MAML): ``learner.keras`` files whose weights are the meta-learned θ₀
+    the ``learned`` arm starts from; ``meta_loss_paths`` may then be empty (plain MAML:
+    the learned arm adapts with the baseline loss).
+    """
     seeds = check_seeds(seeds)
-    if len(meta_loss_paths) not in (1, len(seeds)):
-        raise ValueError(
-            f"got {len(meta_loss_paths)} meta-loss files for {len(seeds)} seeds: give one, or one per seed"
-        )
+    for name, given in (("meta-loss", meta_loss_paths), ("learner", learner_paths)):
+        if given and len(given) not in (1, len(seeds)):
+            raise ValueError(
+                f"got {len(given)} {name} files for {len(seeds)} seeds: give one, or one per seed"
+            )
+    if not meta_loss_paths and not learner_paths:
+        raise ValueError("give at least one meta-loss file or learner file")
     out = check_out_dir(out_dir)
     losses = [load_meta_loss(p) for p in meta_loss_paths]
-    results = task.evaluate(losses, config, seeds, steps)
+    kwargs = {}
+    if learner_paths:
+        kwargs["initial_params"] = [_learner_params(load_learner(p)) for p in learner_paths]
+    results = task.evaluate(losses, config, seeds, steps, **kwargs)
     results["meta_loss_files"] = [os.path.abspath(p) for p in meta_loss_paths]
+    if learner_paths:
+        results["learner_files"] = [os.path.abspath(p) for p in learner_paths]
     os.makedirs(out, exist_ok=True)
     write_results(results, os.path.join(out, "results.json"))
     if plot:

@@ -141,6 +141,11 @@ class SupervisedTask:
         y_pred, _ = learner.apply(params, data["x"], state, training=True)
         return self.metric(y_pred, data["y"])
 
+    def baseline_inner_loss(self, learner, params, state, data):
+        """``(baseline_loss(f_θ(x), y), new_state)``: MAML's inner loss on the support set."""
+        y_pred, new_state = learner.apply(params, data["x"], state, training=True)
+        return self.baseline_loss(y_pred, data["y"]), new_state
+
     def extra_loss(self, learner, params, state, data, extra):
         return None
 
@@ -155,12 +160,15 @@ class SupervisedTask:
         config: MetaTrainConfig,
         seeds: list[int],
         steps: int | None = None,
+        initial_params: list | None = None,
     ) -> dict:
         """Train fresh learners with each learned loss and with the baseline, side by side.
 
         ``meta_losses[i]`` is used for ``seeds[i]`` (one loss for all seeds is fine).
         Learners start from the same Xavier init for both methods and are trained
         with SGD at ``config.inner_lr`` for ``steps`` (default ``config.eval_steps``).
+        ``initial_params`` (one θ₀ per seed, or one for all; MAML): the learned arm
+        starts from it instead; with ``meta_losses=[]`` it trains on the baseline loss.
         Compiled curves are cached on the task, so repeated evaluations (``eval_every``)
         do not trace again.
         """
@@ -171,4 +179,4 @@ class SupervisedTask:
         cache = self.__dict__.setdefault("_evaluators", {})
         if key not in cache:
             cache[key] = SupervisedEvaluator(self, config.inner_lr, steps, config.eval_jit_compile)
-        return cache[key].evaluate(meta_losses, seeds, config.to_dict())
+        return cache[key].evaluate(meta_losses, seeds, config.to_dict(), initial_params=initial_params)
