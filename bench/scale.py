@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -55,11 +54,37 @@ def machine() -> dict:
     return sine_machine()
 
 
-def bench_meta_batch(sizes: list[int], repeats: int, quick: bool) -> list[dict]:
-    import tasks
-    from ml3tf.meta_trainer import MetaTrainer
+BATCH_PROBE = """
+import os, sys, time, json, statistics
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+sys.path.insert(0, {repo!r})
+import tasks
+from ml3tf.meta_trainer import MetaTrainer
+task = tasks.get("sine", mode="family", n_points=50)
+cfg = task.default_config().replace(meta_batch_size={b}, steps_per_call=10, **{changes!r})
+trainer = MetaTrainer(task, cfg)
+n = {n}
+trainer.run_steps(0, n)  # trace
+times = []
+for r in range({repeats}):
+    start = time.perf_counter()
+    trainer.run_steps(n + r * n, n)
+    times.append((time.perf_counter() - start) / n * 1e3)
+print(json.dumps({{"ms": statistics.median(times)}}))
+"""
 
-    task = tasks.get("sine", mode="family", n_points=50)
+
+def _probe(code: str) -> dict:
+    """Run a probe in a fresh process; its last stdout line is JSON (or an error is returned)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()] or ["no output"]
+        return {"error": f"exit {out.returncode}: {lines[-1][:200]}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_meta_batch(sizes: list[int], repeats: int, quick: bool) -> list[dict]:
+    """ms per meta-step per B and mode, each configuration in a fresh process."""
     modes = {
         "loop_ms": {"vectorize_meta_batch": False},
         "vectorized_ms": {"vectorize_meta_batch": True},
@@ -72,20 +97,16 @@ def bench_meta_batch(sizes: list[int], repeats: int, quick: bool) -> list[dict]:
             if name == "loop_ms" and b > 16:
                 row[name] = None  # tracing a 64-task Python loop alone takes about a minute
                 continue
-            cfg = task.default_config().replace(meta_batch_size=b, steps_per_call=10, **changes)
-            trainer = MetaTrainer(task, cfg)
-            n = 10 if quick else 30
-            trainer.run_steps(0, n)  # trace
-            times = []
-            for r in range(repeats):
-                start = time.perf_counter()
-                trainer.run_steps(n + r * n, n)
-                times.append((time.perf_counter() - start) / n * 1e3)
-            row[name] = statistics.median(times)
+            code = BATCH_PROBE.format(repo=REPO, b=b, changes=changes, n=10 if quick else 30, repeats=repeats)
+            res = _probe(code)
+            row[name] = res.get("ms")
+            if "error" in res:
+                row[name.replace("_ms", "_error")] = res["error"]
         rows.append(row)
     for key in ("vectorized_ms", "vectorized_xla_ms"):
         for row in rows:
-            row[key.replace("_ms", "_cost_vs_b1")] = row[key] / rows[0][key]
+            ok = row[key] is not None and rows[0][key] is not None
+            row[key.replace("_ms", "_cost_vs_b1")] = row[key] / rows[0][key] if ok else None
     return rows
 
 
@@ -132,11 +153,18 @@ def main() -> None:
     print("ms per meta-step vs meta-batch size (sine family, K=1, median); cost relative to B=1")
     print(f"{'B':>4} {'loop':>8} {'vectorized':>11} {'(cost)':>7} {'vect.+XLA':>10} {'(cost)':>7}")
     for r in batch_rows:
-        loop = f"{r['loop_ms']:.2f}" if r["loop_ms"] is not None else "-"
-        vec, vec_cost = r["vectorized_ms"], r["vectorized_cost_vs_b1"]
-        xla, xla_cost = r["vectorized_xla_ms"], r["vectorized_xla_cost_vs_b1"]
+
+        def fmt(v, spec):
+            return "-" if v is None else format(v, spec)
+
+        cells = [
+            fmt(r["loop_ms"], ".2f"),
+            fmt(r["vectorized_ms"], ".2f"),
+            fmt(r["vectorized_cost_vs_b1"], ".2f"),
+        ]
+        cells += [fmt(r["vectorized_xla_ms"], ".2f"), fmt(r["vectorized_xla_cost_vs_b1"], ".2f")]
         b = r["meta_batch_size"]
-        print(f"{b:>4} {loop:>8} {vec:>11.2f} {vec_cost:>6.2f}× {xla:>10.2f} {xla_cost:>6.2f}×")
+        print(f"{b:>4} {cells[0]:>8} {cells[1]:>11} {cells[2]:>6}× {cells[3]:>10} {cells[4]:>6}×")
     print("\nlong unrolls (sine learner, 100 points; fresh process each)")
     print(f"{'K':>5} {'backprop':>10} {'peak rise MB':>13} {'ms/step':>9}")
     for r in unroll_rows:

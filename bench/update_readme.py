@@ -118,6 +118,11 @@ def render_bench_sine() -> str:
     return "\n".join(lines)
 
 
+def _num(value: float | None, spec: str = ".2f") -> str:
+    """A table cell: the number, or a dash where the measurement failed or was skipped."""
+    return "–" if value is None else format(value, spec)
+
+
 def render_bench_scale() -> str:
     with open(os.path.join(REPO, "bench", "results", "scale.json")) as f:
         b = json.load(f)
@@ -131,11 +136,10 @@ def render_bench_scale() -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in b["meta_batch"]:
-        loop = "–" if r["loop_ms"] is None else f"{r['loop_ms']:.2f}"
-        vec, vec_cost = r["vectorized_ms"], r["vectorized_cost_vs_b1"]
-        xla, xla_cost = r["vectorized_xla_ms"], r["vectorized_xla_cost_vs_b1"]
+        cells = [_num(r.get(k)) for k in ("loop_ms", "vectorized_ms", "vectorized_cost_vs_b1")]
+        cells += [_num(r.get(k)) for k in ("vectorized_xla_ms", "vectorized_xla_cost_vs_b1")]
         lines.append(
-            f"| {r['meta_batch_size']} | {loop} | {vec:.2f} | {vec_cost:.2f}× | {xla:.2f} | {xla_cost:.2f}× |"
+            f"| {r['meta_batch_size']} | {cells[0]} | {cells[1]} | {cells[2]}× | {cells[3]} | {cells[4]}× |"
         )
     lines += [
         "",
