@@ -14,6 +14,9 @@ from typing import Any
 #: Inner optimizers ``ml3tf.inner`` provides (differentiable, on tensors).
 INNER_OPTIMIZERS = ("sgd", "momentum", "adam")
 
+#: How φ is updated from the inner steps (``MetaTrainConfig.meta_update``).
+META_UPDATES = ("unrolled", "online")
+
 
 def _positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -55,6 +58,11 @@ class MetaTrainConfig:
     """β in the meta-objective β·L_task + γ·L_extra."""
     extra_loss_weight: float = 0.0
     """γ in the meta-objective β·L_task + γ·L_extra (needs a task with ``extra_loss``)."""
+    meta_update: str = "unrolled"
+    """``unrolled``: one φ update per meta-step, differentiated through all K inner steps (exact).
+    ``online``: per task, a φ update after every inner step, differentiated through that one step
+    only (θ_k held constant; the learner keeps its θ across the K steps): B·K updates per meta-step,
+    memory independent of K (the authors' shaped-sine protocol)."""
     unroll_loop: str = "auto"
     """``python`` (unrolled graph), ``while`` (tf.while_loop) or ``auto`` (python for K ≤ 10)."""
     jit_compile: bool = False
@@ -93,6 +101,8 @@ class MetaTrainConfig:
             raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
         if self.unroll_loop not in ("auto", "python", "while"):
             raise ValueError(f"unroll_loop must be 'auto', 'python' or 'while', got {self.unroll_loop!r}")
+        if self.meta_update not in META_UPDATES:
+            raise ValueError(f"meta_update must be one of {META_UPDATES}, got {self.meta_update!r}")
         for name in ("task_loss_weight", "extra_loss_weight"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
