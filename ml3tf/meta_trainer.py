@@ -183,7 +183,7 @@ class MetaTrainer:
         variables = self.meta_loss.trainable_variables
         with tf.GradientTape() as tape:
             total, parts = self.objective(batch, init_seeds)
-        grads = tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = meta_gradients(tape, total, variables)
         info = MetaStepInfo(
             objective=total,
             task_loss=parts["task_loss"],
@@ -299,7 +299,7 @@ class MetaTrainer:
                         f"{getattr(self.task, 'name', self.task)!r} has no extra_loss"
                     )
                 total = total + cfg.extra_loss_weight * le
-        grads = tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = meta_gradients(tape, total, variables)
         stats = (total, lt, le, learned, tf.linalg.global_norm(grads))
         params = [stop(p) for p in params]
         opt_state = tf.nest.map_structure(stop, opt_state)
@@ -423,6 +423,17 @@ class MetaTrainer:
                 f"{float(info.meta_grad_norm)!r}); φ was not updated"
             )
         return MetaStepInfo(*(float(v) for v in info))
+
+
+def meta_gradients(tape: tf.GradientTape, total: tf.Tensor, variables: list) -> list[tf.Tensor]:
+    """``tape.gradient(total, variables)`` with zeros for variables ``total`` does not reach.
+
+    Done here rather than with ``UnconnectedGradients.ZERO``: TensorFlow builds those zeros
+    from ``variable.dtype``, which for a Keras 3 variable is a string, and fails. An output
+    bias of a loss network with a linear output is such a variable (∇_θ M_φ ignores it).
+    """
+    grads = tape.gradient(total, variables)
+    return [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(grads, variables, strict=True)]
 
 
 class NonFiniteError(ValueError):
