@@ -15,6 +15,7 @@ schema plus ``success_rate`` and ``landscape``), landscape.png and curves.png.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -111,12 +112,48 @@ def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
     results["wall_seconds"] = time.perf_counter() - start
     results["command"] = "python bench/shaped_sine.py" + (f" --meta-steps {meta_steps}" if meta_steps else "")
     results["machine"] = _machine()
+    add_basins(results)
     os.makedirs(out_dir, exist_ok=True)
     from ml3tf.results import write_results
 
     write_results(results, os.path.join(out_dir, "results.json"))
     plot(results, out_dir)
     return results
+
+
+def basin_fraction(omega: np.ndarray, curve: np.ndarray, v: float, init_range, tolerance: float) -> float:
+    """Step-size-free shape measure: the fraction of grid points ω ∈ init_range from which
+    descending the landscape (to the lower neighbour, until a local minimum) ends within
+    ``tolerance`` of v — the basin of attraction of v under gradient flow."""
+    omega, curve = np.asarray(omega), np.asarray(curve)
+    starts = np.flatnonzero((omega >= init_range[0]) & (omega <= init_range[1]))
+    hits = 0
+    for i in starts:
+        while True:
+            nbrs = [j for j in (i - 1, i + 1) if 0 <= j < len(curve)]
+            j = min(nbrs, key=lambda j: curve[j])
+            if curve[j] >= curve[i]:
+                break
+            i = j
+        hits += abs(omega[i] - v) <= tolerance
+    return hits / len(starts)
+
+
+def add_basins(results: dict) -> None:
+    """``results["basin_fraction"][method] = {mean, std, per_seed}`` from the stored landscapes."""
+    o, land = results["task_options"], results["landscape"]
+    tol = 2 * (land["omega"][1] - land["omega"][0])  # two grid cells
+
+    def one(curve):
+        return basin_fraction(land["omega"], curve, o["test_frequency"], o["init_range"], tol)
+
+    out = {"baseline": [one(land["baseline"])]}
+    for key in ("learned_mse", "learned"):
+        out[key] = [one(c) for c in land[key]["per_seed"]]
+    results["basin_fraction"] = {
+        k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v, "tolerance": tol}
+        for k, v in out.items()
+    }
 
 
 def _machine() -> dict:
@@ -192,14 +229,16 @@ def table(results: dict) -> str:
         f"{results['config']['inner_lr']}, seeds {results['seeds']}",
         f"success: |ω − v| ≤ {o['tolerance']} from {o['n_inits']} initial ω ~ U{list(o['init_range'])}",
         "",
-        "| loss | success rate | MSE after 1 step (from ω₀) | MSE after the last step (from ω₀) |",
-        "|---|---|---|---|",
+        "| loss | success rate | basin of v (landscape, no step size) "
+        "| MSE after 1 step (from ω₀) | MSE after the last step (from ω₀) |",
+        "|---|---|---|---|---|",
     ]
     for key in ("baseline", "learned_mse", "learned"):
-        s = results["success_rate"][key]
+        s, b = results["success_rate"][key], results["basin_fraction"][key]
         f1, fN = results["at_step_1"]["test"], results["final"]["test"]
         lines.append(
             f"| {LABELS['learned_shaped' if key == 'learned' else key]} | {s['mean']:.2f} ± {s['std']:.2f} "
+            f"| {b['mean']:.2f} ± {b['std']:.2f} "
             f"| {f1[key]:.3f} ± {f1[key + '_std']:.3f} | {fN[key]:.3f} ± {fN[key + '_std']:.3f} |"
         )
     lines += ["", "| MSE with SGD lr | success rate | MSE after the last step (from ω₀) |", "|---|---|---|"]
@@ -214,8 +253,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--meta-steps", type=int, default=None, help="default: the task's (1500)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "docs", "results", "shaped_sine"))
+    ap.add_argument("--rescore", action="store_true", help="only recompute derived fields of results.json")
     args = ap.parse_args()
-    results = run(args.seeds, args.meta_steps, args.out_dir)
+    if args.rescore:
+        from ml3tf.results import write_results
+
+        path = os.path.join(args.out_dir, "results.json")
+        with open(path) as f:
+            results = json.load(f)
+        add_basins(results)
+        write_results(results, path)
+    else:
+        results = run(args.seeds, args.meta_steps, args.out_dir)
     print(table(results))
     print(f"wrote {args.out_dir}/results.json, landscape.png, curves.png ({results['wall_seconds']:.0f} s)")
 

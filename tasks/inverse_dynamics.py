@@ -161,7 +161,7 @@ class InverseDynamicsTask(SupervisedTask):
 
     def default_config(self) -> MetaTrainConfig:
         return MetaTrainConfig(
-            inner_steps=5, inner_lr=0.01, meta_lr=1e-3, meta_steps=300, meta_batch_size=4, eval_steps=100
+            inner_steps=10, inner_lr=0.01, meta_lr=3e-4, meta_steps=300, meta_batch_size=4, eval_steps=100
         )
 
     def make_learner(self) -> keras.Model:
