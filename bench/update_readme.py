@@ -7,7 +7,9 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 
 * ``sine``: docs/results/sine/results.json, written by
   ``ml3tf train sine --out-dir <tmp> --seeds 0 1 2 3 4`` (the README's first command);
-* ``bench-sine``: bench/results/sine.json, written by ``python bench/sine.py``.
+* ``bench-sine``: bench/results/sine.json, written by ``python bench/sine.py``;
+* ``shaped-sine``: docs/results/shaped_sine/results.json, written by ``python bench/shaped_sine.py``;
+* ``inverse-dynamics``: docs/results/inverse_dynamics/results.json, by ``python bench/inverse_dynamics.py``.
 """
 
 from __future__ import annotations
@@ -114,6 +116,36 @@ def render_bench_sine() -> str:
     return "\n".join(lines)
 
 
+def render_shaped_sine() -> str:
+    sys.path.insert(0, REPO)
+    from bench.shaped_sine import table
+
+    with open(os.path.join(REPO, "docs", "results", "shaped_sine", "results.json")) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        table(res) + "\n\nWritten by `python bench/shaped_sine.py` on "
+        f"{m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} into "
+        "[docs/results/shaped_sine/results.json](docs/results/shaped_sine/results.json) "
+        f"({res['wall_seconds']:.0f} s for both learned arms × {len(res['seeds'])} seeds)."
+    )
+
+
+def render_inverse_dynamics() -> str:
+    sys.path.insert(0, REPO)
+    from bench.inverse_dynamics import table
+
+    with open(os.path.join(REPO, "docs", "results", "inverse_dynamics", "results.json")) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        table(res) + "\n\nWritten by `python bench/inverse_dynamics.py` on "
+        f"{m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} into "
+        "[docs/results/inverse_dynamics/results.json](docs/results/inverse_dynamics/results.json) "
+        f"({res['wall_seconds']:.0f} s)."
+    )
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
     if not pattern.search(text):
@@ -132,6 +164,16 @@ def main() -> None:
     text = replace_block(text, "sine", render_sine())
     if os.path.exists(os.path.join(REPO, "bench", "results", "sine.json")):
         text = replace_block(text, "bench-sine", render_bench_sine())
+    for name, path, render in (
+        ("shaped-sine", ("docs", "results", "shaped_sine", "results.json"), render_shaped_sine),
+        (
+            "inverse-dynamics",
+            ("docs", "results", "inverse_dynamics", "results.json"),
+            render_inverse_dynamics,
+        ),
+    ):
+        if os.path.exists(os.path.join(REPO, *path)):
+            text = replace_block(text, name, render())
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")

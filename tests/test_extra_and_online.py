@@ -255,3 +255,22 @@ def test_online_end_to_end_run_writes_a_loss(tmp_path):
     assert len(lines) == 4 and all(r["objective"] == pytest.approx(r["extra_loss"]) for r in lines)
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["config"]["meta_update"] == "online"
+
+
+@pytest.mark.parametrize("meta_update", ["unrolled", "online"])
+def test_linear_output_bias_gets_a_zero_gradient_not_an_error(meta_update):
+    """∇_θ M_φ ignores the output bias of a linear-output loss network; its meta-gradient is 0
+    (TensorFlow's UnconnectedGradients.ZERO fails on Keras 3 variables)."""
+    task = tasks.get("shaped_sine", n_points=8)
+    cfg = task.default_config().replace(inner_steps=2, meta_batch_size=1, meta_update=meta_update)
+    trainer = MetaTrainer(task, cfg)
+    names = [v.path for v in trainer.meta_loss.trainable_variables]
+    assert names[-1].endswith("output/bias")
+    if meta_update == "unrolled":
+        grads, _ = trainer.meta_gradient(task.sample(0, 0, 1), trainer.init_seeds(0))
+    else:
+        one = task.sample(0, 0, 1).task(0)
+        params = trainer.functional.init_params([0, 0])
+        grads = trainer._online_gradient(params, [], (), one.support, one.query, one.extra)[0]
+    assert np.all(grads[-1].numpy() == 0)
+    assert all(np.any(g.numpy() != 0) for g in grads[:-1])
