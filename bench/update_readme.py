@@ -161,7 +161,8 @@ def main() -> None:
         run_sine()
     with open(README) as f:
         text = f.read()
-    text = replace_block(text, "sine", render_sine())
+    if os.path.exists(os.path.join(SINE_DIR, "results.json")):
+        text = replace_block(text, "sine", render_sine())
     if os.path.exists(os.path.join(REPO, "bench", "results", "sine.json")):
         text = replace_block(text, "bench-sine", render_bench_sine())
     for name, path, render in (

@@ -199,7 +199,7 @@ def _hand_written_online(task, cfg, steps):
     return _weights(ref)
 
 
-@pytest.mark.parametrize("unroll_loop", ["python", "while"])
+@pytest.mark.parametrize("unroll_loop", ["python", pytest.param("while", marks=pytest.mark.slow)])
 def test_online_equals_hand_written_loop_eager_compiled_and_chunked(unroll_loop):
     task = tasks.get("sine", mode="family", n_points=20)
     cfg = task.default_config().replace(
@@ -274,3 +274,16 @@ def test_linear_output_bias_gets_a_zero_gradient_not_an_error(meta_update):
         grads = trainer._online_gradient(params, [], (), one.support, one.query, one.extra)[0]
     assert np.all(grads[-1].numpy() == 0)
     assert all(np.any(g.numpy() != 0) for g in grads[:-1])
+
+
+def test_cli_refuses_a_bad_meta_update_and_negative_weights(tmp_path, capsys):
+    from ml3tf.cli import main
+
+    for flags in (["--meta-update", "truncated"], ["--extra-loss-weight", "-1"]):
+        out = tmp_path / flags[0].strip("-")
+        assert main(["train", "shaped_sine", "--out-dir", str(out), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert (
+            len(err) == 1 and err[0].startswith("ml3tf: error:") and flags[0][2:].replace("-", "_") in err[0]
+        )
+        assert not out.exists()
