@@ -113,6 +113,10 @@ def test_bad_options_are_refused(options, name):
 @pytest.mark.slow
 def test_shaped_loss_converges_from_more_initial_omegas_than_mse(tmp_path):
     task = tasks.get("shaped_sine")
-    cfg = task.default_config().replace(meta_steps=500, task_loss_weight=0.0, extra_loss_weight=1.0)
-    res = ml3tf.train(task, cfg, str(tmp_path), seeds=[0]).results
+    cfg = task.default_config().replace(task_loss_weight=0.0, extra_loss_weight=1.0)  # 1500 meta-steps
+    run = ml3tf.train(task, cfg, str(tmp_path), seeds=[0])
+    res = run.results
     assert res["success_rate"]["learned"]["mean"] > res["success_rate"]["baseline"]["mean"] + 0.3
+    omegas = np.linspace(-7, 7, 281)
+    landscape = task.landscape(ml3tf.load_meta_loss(run.meta_loss_paths[0]), omegas)
+    assert abs(omegas[np.argmin(landscape)] - 0.7) <= 0.1
