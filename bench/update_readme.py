@@ -11,7 +11,9 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``bench-scale``: bench/results/scale.json, written by ``python bench/scale.py``;
 * ``keras-learned-loss``: bench/results/keras_learned_loss.json, written by
   ``python bench/keras_learned_loss.py``;
-* ``maml-sine``: docs/results/maml_sine/*.json, written by ``python bench/maml_sine.py``.
+* ``maml-sine``: docs/results/maml_sine/*.json, written by ``python bench/maml_sine.py``;
+* ``shaped-sine``: docs/results/shaped_sine/results.json, written by ``python bench/shaped_sine.py``;
+* ``inverse-dynamics``: docs/results/inverse_dynamics/results.json, by ``python bench/inverse_dynamics.py``.
 """
 
 from __future__ import annotations
@@ -212,6 +214,36 @@ def render_maml_sine() -> str:
     )
 
 
+def render_shaped_sine() -> str:
+    sys.path.insert(0, REPO)
+    from bench.shaped_sine import table
+
+    with open(os.path.join(REPO, "docs", "results", "shaped_sine", "results.json")) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        table(res) + "\n\nWritten by `python bench/shaped_sine.py` on "
+        f"{m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} into "
+        "[docs/results/shaped_sine/results.json](docs/results/shaped_sine/results.json) "
+        f"({res['wall_seconds']:.0f} s for both learned arms × {len(res['seeds'])} seeds)."
+    )
+
+
+def render_inverse_dynamics() -> str:
+    sys.path.insert(0, REPO)
+    from bench.inverse_dynamics import table
+
+    with open(os.path.join(REPO, "docs", "results", "inverse_dynamics", "results.json")) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        table(res) + "\n\nWritten by `python bench/inverse_dynamics.py` on "
+        f"{m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} into "
+        "[docs/results/inverse_dynamics/results.json](docs/results/inverse_dynamics/results.json) "
+        f"({res['wall_seconds']:.0f} s)."
+    )
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
     if not pattern.search(text):
@@ -237,6 +269,16 @@ def main() -> None:
         text = replace_block(text, "keras-learned-loss", render_keras_learned_loss())
     if os.path.exists(os.path.join(REPO, "docs", "results", "maml_sine", "broader.json")):
         text = replace_block(text, "maml-sine", render_maml_sine())
+    for name, path, render in (
+        ("shaped-sine", ("docs", "results", "shaped_sine", "results.json"), render_shaped_sine),
+        (
+            "inverse-dynamics",
+            ("docs", "results", "inverse_dynamics", "results.json"),
+            render_inverse_dynamics,
+        ),
+    ):
+        if os.path.exists(os.path.join(REPO, *path)):
+            text = replace_block(text, name, render())
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")

@@ -19,6 +19,9 @@ BACKPROP_MODES = ("full", "segmented", "truncated")
 #: What the outer loop learns: the loss φ (ML3), the initialisation θ₀ (MAML), or both.
 METHODS = ("ml3", "maml", "ml3+maml")
 
+#: How φ is updated from the inner steps (``MetaTrainConfig.meta_update``).
+META_UPDATES = ("unrolled", "online")
+
 
 def _positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -72,6 +75,11 @@ class MetaTrainConfig:
     """S: inner steps per recomputed segment with ``backprop=segmented``."""
     truncate_steps: int = 10
     """T: inner steps that carry gradient with ``backprop=truncated``."""
+    meta_update: str = "unrolled"
+    """``unrolled``: one φ update per meta-step, differentiated through all K inner steps (exact).
+    ``online``: per task, a φ update after every inner step, differentiated through that one step
+    only (θ_k held constant; the learner keeps its θ across the K steps): B·K updates per meta-step,
+    memory independent of K (the authors' shaped-sine protocol)."""
     unroll_loop: str = "auto"
     """``python`` (unrolled graph), ``while`` (tf.while_loop) or ``auto`` (python for K ≤ 10)."""
     jit_compile: bool = False
@@ -133,6 +141,10 @@ class MetaTrainConfig:
                 f"first_order=True is only valid with method='maml', got method={self.method!r}: "
                 "stopping the inner gradients would leave the loss network φ without a gradient"
             )
+        if self.meta_update not in META_UPDATES:
+            raise ValueError(f"meta_update must be one of {META_UPDATES}, got {self.meta_update!r}")
+        if self.meta_update == "online" and self.method != "ml3":
+            raise ValueError(f"meta_update='online' supports method='ml3' only, got method={self.method!r}")
         for name in ("task_loss_weight", "extra_loss_weight"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):

@@ -24,6 +24,15 @@ mode for φ: it would leave φ without any gradient.
   (then, with SGD, ``∇_{θ_0} ≈ ∇_{θ_K} L_task``);
 * ``ml3+maml``: θ_0 and φ together, each with its own outer optimizer
   (``init_lr`` for θ_0, ``meta_lr`` for φ).
+
+``config.meta_update="online"`` truncates the meta-gradient to one inner step
+instead (the authors' shaped-sine protocol; memory independent of K): for each
+task of the meta-batch in turn, θ_0 fresh, and for k = 0 … K−1
+
+    θ_{k+1} = θ_k − α ∇_θ E[ M_φ(f_{θ_k}(x), y) ]        θ_k held constant
+    φ ← φ − η ∇_φ [ β · L_task(f_{θ_{k+1}}) + γ · L_extra ]
+
+(B·K updates of φ per meta-step; φ still reaches the objective through ∇_θ M_φ).
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import tensorflow as tf
 from ml3tf.config import MetaTrainConfig
 from ml3tf.distribute import make_strategy
 from ml3tf.functional import FunctionalModel
-from ml3tf.inner import make_inner_optimizer, unroll
+from ml3tf.inner import inner_step, make_inner_optimizer, unroll
 from ml3tf.task import Task, TaskBatch
 
 
@@ -99,6 +108,8 @@ class MetaTrainer:
                 f"{self.replicas} replicas of strategy {config.strategy!r}"
             )
         self.distributed = self.replicas > 1 or isinstance(self.strategy, tf.distribute.TPUStrategy)
+        if self.distributed and config.meta_update == "online":
+            raise ValueError(f"meta_update='online' runs on one device; got strategy={config.strategy!r}")
         with self.strategy.scope():  # φ and the optimizer's slots are mirrored under a strategy
             keras.utils.set_random_seed(config.seed)
             self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
@@ -121,6 +132,7 @@ class MetaTrainer:
         self._gradient_fn = tf.function(self._gradient, jit_compile=config.jit_compile)
         self._compiled = tf.function(self._graph_step)
         self._compiled_many = tf.function(self._graph_steps, reduce_retracing=True)
+        self._online_gradient_fn = tf.function(self._online_gradient, jit_compile=config.jit_compile)
 
     def reset(self, seed: int) -> None:
         """Start over with ``seed``: fresh φ (as a new trainer would draw it) and fresh
@@ -250,7 +262,7 @@ class MetaTrainer:
         variables = self.meta_variables
         with tf.GradientTape() as tape:
             total, parts = self.objective(batch, init_seeds)
-        grads = tape.gradient(total, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = meta_gradients(tape, total, variables)
         info = MetaStepInfo(
             objective=total,
             task_loss=parts["task_loss"],
@@ -292,6 +304,8 @@ class MetaTrainer:
             )
 
     def _eager_step(self, support, query, extra, seeds):
+        if self.config.meta_update == "online":
+            return self._online_step(support, query, extra, self.initial_params(seeds), self._online_gradient)
         grads, info = self._gradient(support, query, extra, self.initial_params(seeds))
         return info, self._apply(grads, info)
 
@@ -301,6 +315,8 @@ class MetaTrainer:
         # than the CPU kernels, and eager, tf.function and XLA steps must train
         # the same learners.
         params0s = self.initial_params(seeds)
+        if self.config.meta_update == "online":
+            return self._online_step(support, query, extra, params0s, self._online_gradient_fn)
         grads, info = self._gradient_fn(support, query, extra, params0s)
         return info, self._apply(grads, info)
 
@@ -321,6 +337,13 @@ class MetaTrainer:
                 return {k: v[i] for k, v in d.items()}
 
             params0s = [self.functional.init_params(seeds[i, b]) for b in range(batch_size)]
+            if self.config.meta_update == "online":
+                info, finite = self._online_step(
+                    pick(support), pick(query), pick(extra), params0s, self._online_gradient_fn, ok
+                )
+                ok = ok & finite
+                traces = tuple(t.write(i, tf.cast(v, tf.float64)) for t, v in zip(traces, info, strict=True))
+                return i + 1, ok, traces, oks.write(i, ok)
             grads, info = self._gradient_fn(pick(support), pick(query), pick(extra), params0s)
             finite = tf.math.is_finite(info.objective) & tf.math.is_finite(info.meta_grad_norm)
             ok = ok & finite
@@ -368,6 +391,100 @@ class MetaTrainer:
             return shard(batch.support), shard(batch.query), shard(batch.extra), tf.constant(seeds[part])
 
         return self.strategy.experimental_distribute_values_from_function(value_fn)
+
+    # --- online, one-step-truncated meta-updates (meta_update="online") --------------
+    def _online_gradient(self, params, state, opt_state, support, query, extra):
+        """One truncated sub-update's gradient: θ_k (and the inner optimizer's state) held
+        constant, θ_{k+1} = opt(θ_k, ∇_θ M_φ(θ_k)) on the support set, and
+        ``∇_φ [β L_task(θ_{k+1}) + γ L_extra(θ_{k+1})]`` on the query set.
+
+        Returns ``(grads, θ_{k+1}, state, opt_state, (objective, task_loss, extra_loss,
+        learned_loss at θ_k, ‖grads‖))`` with θ_{k+1} detached.
+        """
+        cfg = self.config
+        stop = tf.stop_gradient
+        params, state = [stop(p) for p in params], [stop(s) for s in state]
+        opt_state = tf.nest.map_structure(stop, opt_state)
+        variables = self.meta_loss.trainable_variables
+        with tf.GradientTape() as tape:
+            params, state, opt_state, learned = inner_step(
+                self.inner_loss_fn(support), params, state, self.inner_optimizer, opt_state
+            )
+            lt = self.task.task_loss(self.functional, params, state, query)
+            total, le = cfg.task_loss_weight * lt, tf.zeros_like(lt)
+            if cfg.extra_loss_weight:
+                le = self.task.extra_loss(self.functional, params, state, query, extra)
+                if le is None:
+                    raise ValueError(
+                        f"extra_loss_weight={cfg.extra_loss_weight} but task "
+                        f"{getattr(self.task, 'name', self.task)!r} has no extra_loss"
+                    )
+                total = total + cfg.extra_loss_weight * le
+        grads = meta_gradients(tape, total, variables)
+        stats = (total, lt, le, learned, tf.linalg.global_norm(grads))
+        params = [stop(p) for p in params]
+        opt_state = tf.nest.map_structure(stop, opt_state)
+        return grads, params, [stop(s) for s in state], opt_state, stats
+
+    def _online_step(self, support, query, extra, params0s, gradient_fn, enabled=True):
+        """One meta-step of ``meta_update="online"``: tasks in turn, K updates of φ each.
+
+        Returns ``(MetaStepInfo, finite)``. The info averages over the meta-batch:
+        objective, task_loss and extra_loss at θ_K (the last sub-update of each task),
+        learned_loss at θ_0, meta_grad_norm the mean over the B·K sub-updates. A
+        non-finite sub-update stops the updates, and φ and the outer optimizer are put
+        back to where they were before this meta-step; nothing is applied unless
+        ``enabled``.
+        """
+        variables = self.meta_loss.trainable_variables
+        saved = [tf.identity(v.value) for v in [*variables, *self.optimizer.variables]]
+        enabled = tf.convert_to_tensor(enabled)
+        k_steps = self.config.inner_steps
+
+        def sub_update(params, state, opt_state, ok, data):
+            grads, params, state, opt_state, stats = gradient_fn(params, state, opt_state, *data)
+            ok = ok & tf.math.is_finite(stats[0]) & tf.math.is_finite(stats[4])
+
+            def apply() -> tf.Tensor:
+                self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+                return tf.constant(True)
+
+            tf.cond(enabled & ok, apply, lambda: tf.constant(False))
+            return params, state, opt_state, ok, stats
+
+        ok = tf.constant(True)
+        per_task = []
+        for b, params in enumerate(params0s):
+            data = ({k: v[b] for k, v in support.items()}, {k: v[b] for k, v in query.items()})
+            data = (*data, {k: v[b] for k, v in extra.items()})
+            state = self.functional.state()
+            opt_state = self.inner_optimizer.init(params)
+            params, state, opt_state, ok, stats = sub_update(params, state, opt_state, ok, data)
+            first_learned, norm_sum = stats[3], stats[4]
+            if self.config.unroll_loop == "python" or (self.config.unroll_loop == "auto" and k_steps <= 10):
+                for _ in range(k_steps - 1):
+                    params, state, opt_state, ok, stats = sub_update(params, state, opt_state, ok, data)
+                    norm_sum = norm_sum + stats[4]
+            elif k_steps > 1:
+
+                def body(i, p, s, o, ok, stats, norm_sum, data=data):
+                    p, s, o, ok, stats = sub_update(p, s, o, ok, data)
+                    return i + 1, p, s, o, ok, stats, norm_sum + stats[4]
+
+                loop = (tf.constant(1), params, state, opt_state, ok, stats, norm_sum)
+                _, params, state, opt_state, ok, stats, norm_sum = tf.while_loop(
+                    lambda i, *_: i < k_steps, body, loop, maximum_iterations=k_steps - 1
+                )
+            per_task.append((stats[0], stats[1], stats[2], first_learned, norm_sum / k_steps))
+
+        def restore() -> tf.Tensor:
+            for v, value in zip([*variables, *self.optimizer.variables], saved, strict=True):
+                v.assign(value)
+            return tf.constant(True)
+
+        tf.cond(enabled & tf.logical_not(ok), restore, lambda: tf.constant(False))
+        means = [tf.add_n(list(col)) / len(per_task) for col in zip(*per_task, strict=True)]
+        return MetaStepInfo(*means), ok
 
     # --- the steps -----------------------------------------------------------------
     def init_seeds(self, step: int, batch_size: int | None = None) -> np.ndarray:
@@ -435,6 +552,17 @@ class MetaTrainer:
                 f"{float(info.meta_grad_norm)!r}); φ was not updated"
             )
         return MetaStepInfo(*(float(v) for v in info))
+
+
+def meta_gradients(tape: tf.GradientTape, total: tf.Tensor, variables: list) -> list[tf.Tensor]:
+    """``tape.gradient(total, variables)`` with zeros for variables ``total`` does not reach.
+
+    Done here rather than with ``UnconnectedGradients.ZERO``: TensorFlow builds those zeros
+    from ``variable.dtype``, which for a Keras 3 variable is a string, and fails. An output
+    bias of a loss network with a linear output is such a variable (∇_θ M_φ ignores it).
+    """
+    grads = tape.gradient(total, variables)
+    return [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(grads, variables, strict=True)]
 
 
 class NonFiniteError(ValueError):

@@ -21,6 +21,16 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "SineTask",
         "sine regression (paper Fig. 2): learner 1→100→10→1, loss sees (ŷ, y)",
     ),
+    "shaped_sine": (
+        "tasks.shaped_sine",
+        "ShapedSineTask",
+        "shaped sine (paper Fig. 5a/b): learner sin(ωx), loss sees (x, ŷ, y), extra loss (ω − v)²",
+    ),
+    "inverse_dynamics": (
+        "tasks.inverse_dynamics",
+        "InverseDynamicsTask",
+        "2-link arm inverse dynamics (paper Fig. 5c): Cholesky inertia model, physics prior extra loss",
+    ),
 }
 
 

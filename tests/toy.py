@@ -68,3 +68,16 @@ class ToyTask(SupervisedTask):
     def eval_splits(self, seed):
         x, y = self._data(seed, 10**6)
         return {"train": (x[None], y[None]), "test": (x[None] * 2, y[None] * 2)}
+
+
+class ToyExtraTask(ToyTask):
+    """``ToyTask`` with meta-train-time information: L_extra = Σ (θ − target)² over all of θ."""
+
+    name = "toy_extra"
+
+    def __init__(self, target=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.target = target
+
+    def extra_loss(self, learner, params, state, data, extra):
+        return tf.add_n([tf.reduce_sum(tf.square(p - tf.cast(self.target, p.dtype))) for p in params])
