@@ -70,17 +70,20 @@ class MetaStepInfo(NamedTuple):
 
 
 class MetaTrainer:
-    """Meta-trains a loss network for a task.
+    """Meta-trains a loss network (and/or, with ``config.method``, an initialisation) for a task.
 
     ``meta_gradient`` and ``meta_step`` run eagerly (debuggable); ``step`` is the
     same computation compiled with ``tf.function`` (``config.jit_compile`` adds
-    XLA) and traced once per trainer.
+    XLA) and traced once per trainer; ``run_steps`` runs many meta-steps in one
+    compiled call.
 
     Args:
         task: a ``Task`` (e.g. ``tasks.get("sine")``).
         config: a ``MetaTrainConfig``.
         meta_loss: an existing loss network to continue training; by default
             ``task.make_meta_loss()`` initialised from ``config.seed``.
+        strategy: a ``tf.distribute.Strategy``; by default the one ``config.strategy``
+            names (``ml3tf.distribute.make_strategy``).
 
     Example:
         >>> import ml3tf, tasks
