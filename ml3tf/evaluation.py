@@ -2,10 +2,14 @@
 
 For a loss ℓ (learned ``mean M_φ`` or a hand-written baseline), each learner is
 trained by SGD, ``θ_{k+1} = θ_k − α ∇_θ ℓ(f_{θ_k}(x), y)``, and the curve
-``c_k = metric(f_{θ_k}(x), y)`` for k = 0 … steps is returned: ``c[1]`` is the
+``c_k = metric(f_{θ_k}(x_q), y_q)`` for k = 0 … steps is returned: ``c[1]`` is the
 metric after one step, ``c[steps]`` the final one (the authors' ``loss_trace``
-plus the final value). All tasks of a seed train together: one compiled
-``tf.while_loop`` over the steps with a ``tf.vectorized_map`` over the tasks.
+plus the final value). The metric is the task's ``eval_metric`` (its task loss
+unless the task reports something else, e.g. accuracy), measured on the same
+points the learner trains on (``x_q = x``, the paper's sine protocol) or on
+held-out query points when ``eval_splits`` gives ``(x, y, x_q, y_q)``. All tasks
+of a seed train together: one compiled ``tf.while_loop`` over the steps with a
+``tf.vectorized_map`` over the tasks.
 """
 
 from __future__ import annotations
@@ -61,35 +65,43 @@ def make_curve_fn(
     optimizer: InnerOptimizer,
     jit_compile: bool = False,
 ) -> CurveFn:
-    """Compiled ``(θ_0, xs, ys, state, loss_params) ↦ curves (T, steps + 1)`` for T tasks at once.
+    """Compiled ``(θ_0, xs, ys, state, loss_params[, xq, yq]) ↦ curves (T, steps + 1)`` for T tasks.
 
-    ``θ_0``, ``xs``, ``ys`` and ``state`` have a leading task axis T. One
+    ``θ_0``, ``xs``, ``ys`` and ``state`` have a leading task axis T. Learners train
+    on ``(xs, ys)``; the metric is measured on ``(xq, yq)`` when given (held-out
+    query points), else on ``(xs, ys)``. One
     ``tf.while_loop`` over the steps; inside it, ``tf.vectorized_map`` computes all
     T learners' gradients in one batched computation. The update is elementwise,
     so the inner optimizers apply to the stacked parameters unchanged.
     """
 
-    def curves(params, xs, ys, state, loss_params):
+    def curves(params, xs, ys, state, loss_params, xq=None, yq=None):
+        held_out = xq is not None
+        if not held_out:
+            xq, yq = xs, ys
+
         def one(args):
-            p, s, x, y = args
+            p, s, x, y, x_q, y_q = args
             with tf.GradientTape() as tape:
                 tape.watch(p)
                 y_pred, s_new = functional.apply(p, x, s, training=True)
                 loss = loss_fn(y_pred, y, loss_params)
             g = tape.gradient(loss, p, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return g, s_new, tf.cast(metric_fn(y_pred, y), tf.float32)
+            if held_out:
+                y_pred, _ = functional.apply(p, x_q, s, training=True)
+            return g, s_new, tf.cast(metric_fn(y_pred, y_q), tf.float32)
 
         def final_metric(args):
-            p, s, x, y = args
-            y_pred, _ = functional.apply(p, x, s, training=True)
-            return tf.cast(metric_fn(y_pred, y), tf.float32)
+            p, s, x_q, y_q = args
+            y_pred, _ = functional.apply(p, x_q, s, training=True)
+            return tf.cast(metric_fn(y_pred, y_q), tf.float32)
 
         params, state = list(params), list(state)
         opt_state = optimizer.init(params)
         trace = tf.TensorArray(tf.float32, size=steps + 1)
 
         def body(i, p, s, o, tr):
-            g, s_new, metric = tf.vectorized_map(one, (p, s, xs, ys))
+            g, s_new, metric = tf.vectorized_map(one, (p, s, xs, ys, xq, yq))
             p, o = optimizer.update(g, o, p)
             return i + 1, p, s_new, o, tr.write(i, metric)
 
@@ -99,7 +111,7 @@ def make_curve_fn(
             (tf.constant(0), params, state, opt_state, trace),
             maximum_iterations=steps,
         )
-        trace = trace.write(steps, tf.vectorized_map(final_metric, (params, state, xs, ys)))
+        trace = trace.write(steps, tf.vectorized_map(final_metric, (params, state, xq, yq)))
         return tf.transpose(trace.stack())
 
     return tf.function(curves, jit_compile=jit_compile)
@@ -118,14 +130,25 @@ class SupervisedEvaluator:
         learning_rate: SGD learning rate of the meta-test learners.
         steps: meta-test SGD steps.
         jit_compile: compile the curves with XLA (pays off when evaluating often).
+        metric: ``(ŷ, y) ↦ scalar`` recorded along the curves; default the task's
+            ``eval_metric`` (its task loss ``metric`` unless it reports another one).
+        metric_name: the name written to ``results["metric"]``; default ``task.metric_name``.
     """
 
     def __init__(
-        self, task: SupervisedTask, learning_rate: float, steps: int, jit_compile: bool = False
+        self,
+        task: SupervisedTask,
+        learning_rate: float,
+        steps: int,
+        jit_compile: bool = False,
+        metric: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+        metric_name: str | None = None,
     ) -> None:
         if int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.task = task
+        self.metric = metric if metric is not None else getattr(task, "eval_metric", task.metric)
+        self.metric_name = metric_name if metric_name is not None else task.metric_name
         self.steps = int(steps)
         self.jit_compile = bool(jit_compile)
         self.functional = FunctionalModel(task.make_learner())
@@ -136,9 +159,7 @@ class SupervisedEvaluator:
         self._init_fns: dict[int, Callable] = {}
 
     def _curve_fn(self, loss_fn: LossFn) -> CurveFn:
-        return make_curve_fn(
-            self.functional, loss_fn, self.task.metric, self.steps, self._sgd, self.jit_compile
-        )
+        return make_curve_fn(self.functional, loss_fn, self.metric, self.steps, self._sgd, self.jit_compile)
 
     def _learned_fn(self, meta_loss: keras.Model) -> CurveFn:
         config = {k: v for k, v in meta_loss.get_config().items() if k not in ("name", "trainable")}
@@ -162,17 +183,29 @@ class SupervisedEvaluator:
         return fn(seeds)
 
     def _curves(self, fn: CurveFn, seed: int, splits: dict, loss_params: list) -> dict[str, np.ndarray]:
-        """Per split, the mean curve over its tasks; splits of equal shapes run as one batch."""
+        """Per split, the mean curve over its tasks; splits of equal shapes run as one batch.
+
+        A split is ``(x, y)`` (metric on the training points) or ``(x, y, x_q, y_q)``
+        (metric on held-out query points).
+        """
         groups: dict[tuple, list[str]] = {}
-        for name, (xs, ys) in splits.items():
-            groups.setdefault((np.shape(xs)[1:], np.shape(ys)[1:]), []).append(name)
+        for name, arrays in splits.items():
+            if len(arrays) not in (2, 4):
+                raise ValueError(
+                    f"eval split {name!r} must be (x, y) or (x, y, x_query, y_query), "
+                    f"got {len(arrays)} arrays"
+                )
+            groups.setdefault(tuple(np.shape(a)[1:] for a in arrays), []).append(name)
         out = {}
         for names in groups.values():
-            xs = np.concatenate([splits[n][0] for n in names])
-            ys = np.concatenate([splits[n][1] for n in names])
-            params0 = self._initial_params(seed, len(xs))
-            state = [tf.stack([s] * len(xs)) for s in self.functional.state()]
-            c = fn(params0, tf.convert_to_tensor(xs), tf.convert_to_tensor(ys), state, loss_params).numpy()
+            arrays = [
+                tf.convert_to_tensor(np.concatenate([splits[n][i] for n in names]))
+                for i in range(len(splits[names[0]]))
+            ]
+            count_all = int(arrays[0].shape[0])
+            params0 = self._initial_params(seed, count_all)
+            state = [tf.stack([s] * count_all) for s in self.functional.state()]
+            c = fn(params0, arrays[0], arrays[1], state, loss_params, *arrays[2:]).numpy()
             start = 0
             for n in names:
                 count = len(splits[n][0])
@@ -205,7 +238,7 @@ class SupervisedEvaluator:
                 per["baseline"].append(self._baseline_curves[seed][split])
         return summarize(
             task=self.task.name,
-            metric=self.task.metric_name,
+            metric=self.metric_name,
             higher_is_better=self.task.higher_is_better,
             baseline=self.task.baseline_name,
             steps=self.steps,
