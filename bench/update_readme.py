@@ -147,8 +147,10 @@ def render_classification() -> str:
         "`train` = the meta-train pair 4 vs 9 (binary) or all 10 digits (10-way) on held-out images; "
         "`test` = all 28 pairs of the 8 held-out digits (binary) or held-out images (10-way).",
         f"Whole experiment (all protocols, 5 seeds each): {b['total_seconds']:.0f} s "
-        f"(budget {b['budget_seconds']} s) on {m['cpu']} ×{m['cpu_count']} cores, {b['date']}, "
-        f"measured by `python bench/classification.py` "
+        f"(budget {b['budget_seconds']} s) on {m['cpu']} ×{m['cpu_count']} cores, {b['date']}"
+        + (f", load average {b['load_average_end']:.1f} at the end" if "load_average_end" in b else "")
+        + ", "
+        "measured by `python bench/classification.py` "
         "([bench/results/classification.json](bench/results/classification.json)).",
     ]
     return "\n".join(lines)
@@ -185,7 +187,8 @@ def main() -> None:
         run_sine()
     with open(README) as f:
         text = f.read()
-    text = replace_block(text, "sine", render_sine())
+    if os.path.exists(os.path.join(SINE_DIR, "results.json")):
+        text = replace_block(text, "sine", render_sine())
     if os.path.exists(os.path.join(REPO, "bench", "results", "sine.json")):
         text = replace_block(text, "bench-sine", render_bench_sine())
     if os.path.exists(os.path.join(REPO, "bench", "results", "classification.json")):

@@ -71,7 +71,7 @@ class ClassificationOptions:
     """Query images per class (what the task loss / test accuracy is measured on)."""
     test_fraction: float = 0.5
     """Digits: fraction of each class held out as the meta-test image pool."""
-    eval_draws: int = 4
+    eval_draws: int = 1
     """Meta-test tasks drawn per class pair (binary) or for the 10-way task, per seed."""
     learner: str = "lenet"
     """Learner spec: ``lenet[:act]`` or ``mlp:W1-W2-…[:act]`` (e.g. ``mlp:64-64:tanh``)."""
