@@ -115,7 +115,9 @@ def markdown(results: dict) -> str:
         arrow = "higher is better" if r["higher_is_better"] else "lower is better"
         lines += [
             f"**{key}** — test {r['metric']} after {r['steps']} SGD steps ({arrow}; mean ± std over "
-            f"seeds {r['seeds']}); loss meta-trained with the first row's learner:",
+            f"seeds {r['seeds']}); loss meta-trained with the first row's learner (inner lr "
+            f"{r['config']['inner_lr']}, K={r['config']['inner_steps']}, meta lr {r['config']['meta_lr']}, "
+            f"{r['config']['meta_steps']} meta-steps):",
             "",
             f"| learner | learned loss (ML3) | {r['baseline']} | learned better |",
             "|---|---|---|---|",
