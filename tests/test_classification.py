@@ -173,8 +173,9 @@ def test_meta_loss_hidden_bias_output_bias_free_roundtrip(tmp_path):
     assert len(MetaLossNetwork(2, (3,), use_bias=True).trainable_variables) == 4  # default follows use_bias
 
 
-def test_evaluator_reports_eval_metric_on_held_out_query(binary):
+def test_evaluator_reports_eval_metric_on_held_out_query():
     """Core hook: curves record ``eval_metric`` (accuracy) on the query set, not ``metric`` on support."""
+    binary = tasks.get("classification", **{**FAST, "learner": "mlp:8:tanh"}, test_pairs=("0-1", "2-3"))
     ev = SupervisedEvaluator(binary, learning_rate=0.5, steps=1)
     splits = binary.eval_splits(0)
     res = ev.evaluate([binary.make_meta_loss()], [0])
@@ -202,7 +203,17 @@ def test_evaluator_reports_eval_metric_on_held_out_query(binary):
 def test_tiny_end_to_end_train_and_eval_with_other_learner(tmp_path, capsys):
     out = str(tmp_path / "run")
     args = ["--learner", "mlp:16:relu", "--k-shot", "5", "--query-shot", "5", "--eval-draws", "1"]
-    quick = ["--meta-steps", "3", "--eval-steps", "2", "--test-pairs", "0-1", "2-3", "--quiet"]
+    quick = [
+        "--meta-steps",
+        "3",
+        "--eval-steps",
+        "2",
+        "--test-pairs",
+        "0-1",
+        "2-3",
+        "--no-eval-jit-compile",
+        "--quiet",
+    ]
     assert main(["train", "classification", "--out-dir", out, "--seeds", "0", "1", *args, *quick]) == 0
     with open(os.path.join(out, "results.json")) as f:
         res = json.load(f)
