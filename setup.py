@@ -11,8 +11,10 @@ CORE = [
     "matplotlib==3.11.2",
 ]
 TENSORBOARD = ["tensorboard==2.21.0"]  # only for MetaTrainConfig(tensorboard=True)
+CLASSIFICATION = ["scikit-learn==1.9.1"]  # the digits data set of tasks.classification
 TEST = [
     *TENSORBOARD,
+    *CLASSIFICATION,
     "pytest==9.2.0",
     "nbclient==0.11.0",
     "nbformat==5.11.1",
@@ -33,7 +35,7 @@ setup(
     # The pretrained zoo (LearnedLoss.pretrained): meta-loss files and their manifest.
     package_data={"models": ["pretrained/*.keras", "pretrained/manifest.json"]},
     install_requires=CORE,
-    extras_require={"test": TEST, "tensorboard": TENSORBOARD},
+    extras_require={"test": TEST, "tensorboard": TENSORBOARD, "classification": CLASSIFICATION},
     entry_points={"console_scripts": ["ml3tf=ml3tf.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

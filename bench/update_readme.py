@@ -13,7 +13,10 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
   ``python bench/keras_learned_loss.py``;
 * ``maml-sine``: docs/results/maml_sine/*.json, written by ``python bench/maml_sine.py``;
 * ``shaped-sine``: docs/results/shaped_sine/results.json, written by ``python bench/shaped_sine.py``;
-* ``inverse-dynamics``: docs/results/inverse_dynamics/results.json, by ``python bench/inverse_dynamics.py``.
+* ``inverse-dynamics``: docs/results/inverse_dynamics/results.json, by ``python bench/inverse_dynamics.py``;
+* ``classification``: docs/results/classification/*/results.json and
+  bench/results/classification.json, written by ``python bench/classification.py``;
+* ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``.
 """
 
 from __future__ import annotations
@@ -180,6 +183,45 @@ def render_keras_learned_loss() -> str:
     return "\n".join(lines)
 
 
+def render_classification() -> str:
+    with open(os.path.join(REPO, "bench", "results", "classification.json")) as f:
+        b = json.load(f)
+    m = b["machine"]
+    lines = [
+        f"Test accuracy on query images after the meta-test SGD steps (mean ± std over seeds {b['seeds']}); "
+        "cross-entropy (CE) loss value after the same steps:",
+        "",
+        "| protocol | split | learned loss acc. | cross-entropy acc. | learned: CE value | CE: CE value |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in b["runs"]:
+        with open(os.path.join(REPO, "docs", "results", "classification", name, "results.json")) as f:
+            res = json.load(f)
+        c = res["config"]
+        label = (
+            f"{name} (inner lr {c['inner_lr']}, K={c['inner_steps']}, meta lr {c['meta_lr']}, "
+            f"{c['meta_steps']} meta-steps, {res['steps']} test steps)"
+        )
+        for split in ("train", "test"):
+            r, loss = res["final"][split], res["loss"]["final"][split]
+            lines.append(
+                f"| {label} | {split} | {_pm(r, 'learned')} | {_pm(r, 'baseline')} "
+                f"| {_pm(loss, 'learned')} | {_pm(loss, 'baseline')} |"
+            )
+    lines += [
+        "",
+        "`train` = the meta-train pair 4 vs 9 (binary) or all 10 digits (10-way) on held-out images; "
+        "`test` = all 28 pairs of the 8 held-out digits (binary) or held-out images (10-way).",
+        f"Whole experiment (all protocols, 5 seeds each): {b['total_seconds']:.0f} s "
+        f"(budget {b['budget_seconds']} s) on {m['cpu']} ×{m['cpu_count']} cores, {b['date']}"
+        + (f", load average {b['load_average_end']:.1f} at the end" if "load_average_end" in b else "")
+        + ", "
+        "measured by `python bench/classification.py` "
+        "([bench/results/classification.json](bench/results/classification.json)).",
+    ]
+    return "\n".join(lines)
+
+
 def render_maml_sine() -> str:
     sys.path.insert(0, HERE)
     from maml_sine import OUT_DIR, format_broader, format_table
@@ -244,6 +286,22 @@ def render_inverse_dynamics() -> str:
     )
 
 
+def render_transfer() -> str:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transfer", os.path.join(HERE, "transfer.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    with open(os.path.join(REPO, "bench", "results", "transfer.json")) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        mod.markdown(res)
+        + f"\n\nWritten by `python bench/transfer.py` on {m['cpu']} ×{m['cpu_count']} cores, {res['date']} "
+        "([bench/results/transfer.json](bench/results/transfer.json))."
+    )
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
     if not pattern.search(text):
@@ -279,6 +337,10 @@ def main() -> None:
     ):
         if os.path.exists(os.path.join(REPO, *path)):
             text = replace_block(text, name, render())
+    if os.path.exists(os.path.join(REPO, "bench", "results", "classification.json")):
+        text = replace_block(text, "classification", render_classification())
+    if os.path.exists(os.path.join(REPO, "bench", "results", "transfer.json")):
+        text = replace_block(text, "transfer", render_transfer())
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")

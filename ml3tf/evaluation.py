@@ -2,10 +2,12 @@
 
 For a loss ℓ (learned ``mean M_φ`` or a hand-written baseline), each learner is
 trained by SGD, ``θ_{k+1} = θ_k − α ∇_θ ℓ(f_{θ_k}(x), y)``, and the curve
-``c_k = metric(f_{θ_k}(x), y)`` for k = 0 … steps is returned: ``c[1]`` is the
+``c_k = metric(f_{θ_k}(x_q), y_q)`` for k = 0 … steps is returned: ``c[1]`` is the
 metric after one step, ``c[steps]`` the final one (the authors' ``loss_trace``
-plus the final value). All tasks of a seed train together: one compiled
-``tf.while_loop`` over the steps with a ``tf.vectorized_map`` over the tasks.
+plus the final value). The metric is the task's ``eval_metric`` (its task loss
+unless the task reports something else, e.g. accuracy). All tasks of a seed train
+together: one compiled ``tf.while_loop`` over the steps with a
+``tf.vectorized_map`` over the tasks.
 
 A split is ``(x, y)`` — trained and measured on the same points — or
 ``(x_support, y_support, x_query, y_query)``: trained on the support points
@@ -132,14 +134,25 @@ class SupervisedEvaluator:
         learning_rate: SGD learning rate of the meta-test learners.
         steps: meta-test SGD steps.
         jit_compile: compile the curves with XLA (pays off when evaluating often).
+        metric: ``(ŷ, y) ↦ scalar`` recorded along the curves; default the task's
+            ``eval_metric`` (its task loss ``metric`` unless it reports another one).
+        metric_name: the name written to ``results["metric"]``; default ``task.metric_name``.
     """
 
     def __init__(
-        self, task: SupervisedTask, learning_rate: float, steps: int, jit_compile: bool = False
+        self,
+        task: SupervisedTask,
+        learning_rate: float,
+        steps: int,
+        jit_compile: bool = False,
+        metric: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+        metric_name: str | None = None,
     ) -> None:
         if int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.task = task
+        self.metric = metric if metric is not None else getattr(task, "eval_metric", task.metric)
+        self.metric_name = metric_name if metric_name is not None else task.metric_name
         self.steps = int(steps)
         self.jit_compile = bool(jit_compile)
         self.functional = FunctionalModel(task.make_learner())
@@ -150,9 +163,7 @@ class SupervisedEvaluator:
         self._init_fns: dict[int, Callable] = {}
 
     def _curve_fn(self, loss_fn: LossFn) -> CurveFn:
-        return make_curve_fn(
-            self.functional, loss_fn, self.task.metric, self.steps, self._sgd, self.jit_compile
-        )
+        return make_curve_fn(self.functional, loss_fn, self.metric, self.steps, self._sgd, self.jit_compile)
 
     def _learned_fn(self, meta_loss: keras.Model) -> CurveFn:
         config = {k: v for k, v in meta_loss.get_config().items() if k not in ("name", "trainable")}
@@ -255,7 +266,7 @@ class SupervisedEvaluator:
                 per["baseline"].append(self._baseline_curves[seed][split])
         return summarize(
             task=self.task.name,
-            metric=self.task.metric_name,
+            metric=self.metric_name,
             higher_is_better=self.task.higher_is_better,
             baseline=self.task.baseline_name,
             steps=self.steps,

@@ -37,6 +37,9 @@ class MetaLossNetwork(keras.Model):
             ``"linear"``, ``"relu"`` or ``"exp"``.
         kernel_initializer: Keras initializer name for the kernels (Xavier uniform,
             as in the authors' code).
+        output_use_bias: bias of the output layer; ``None`` (default) follows
+            ``use_bias``. The authors' classification loss has hidden biases and a
+            bias-free output (``use_bias=True, output_use_bias=False``).
 
     Example:
         >>> import numpy as np
@@ -53,6 +56,7 @@ class MetaLossNetwork(keras.Model):
         use_bias: bool = False,
         output_activation: str = "softplus",
         kernel_initializer: str = "glorot_uniform",
+        output_use_bias: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,6 +76,7 @@ class MetaLossNetwork(keras.Model):
         self.use_bias = bool(use_bias)
         self.output_activation = output_activation
         self.kernel_initializer = kernel_initializer
+        self.output_use_bias = self.use_bias if output_use_bias is None else bool(output_use_bias)
         self.hidden_layers = [
             keras.layers.Dense(
                 h,
@@ -83,7 +88,7 @@ class MetaLossNetwork(keras.Model):
             for i, h in enumerate(hidden_units)
         ]
         self.output_layer = keras.layers.Dense(
-            1, use_bias=self.use_bias, kernel_initializer=kernel_initializer, name="output"
+            1, use_bias=self.output_use_bias, kernel_initializer=kernel_initializer, name="output"
         )
         self.build((None, self.input_dim))
 
@@ -124,6 +129,7 @@ class MetaLossNetwork(keras.Model):
             use_bias=self.use_bias,
             output_activation=self.output_activation,
             kernel_initializer=self.kernel_initializer,
+            output_use_bias=self.output_use_bias,
         )
         return config
 

@@ -109,8 +109,10 @@ class SupervisedTask:
 
     Subclasses provide ``make_learner``, ``make_meta_loss``, ``sample``,
     ``default_config`` and ``eval_splits(seed)``; they may override ``metric``
-    (the task loss, MSE here), ``baseline_loss`` (the hand-written loss the learned
-    one is compared with) and ``loss_features``.
+    (the task loss, MSE here), ``eval_metric`` (what meta-test reports as
+    ``metric_name``; by default the task loss — classification reports accuracy
+    but must meta-train on a differentiable loss), ``baseline_loss`` (the
+    hand-written loss the learned one is compared with) and ``loss_features``.
     """
 
     name = "supervised"
@@ -128,6 +130,10 @@ class SupervisedTask:
     def metric(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
         """Mean squared error; the task loss and the reported metric."""
         return tf.reduce_mean(tf.square(y_pred - tf.cast(y_true, y_pred.dtype)))
+
+    def eval_metric(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
+        """The metric meta-test reports (named ``metric_name``); by default ``metric``."""
+        return self.metric(y_pred, y_true)
 
     def baseline_loss(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
         """The hand-written loss the learned one is compared with (MSE)."""
@@ -151,7 +157,11 @@ class SupervisedTask:
 
     # --- meta-test --------------------------------------------------------------
     def eval_splits(self, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """``{split: (x (T,N,…), y (T,N,…))}`` of meta-test tasks for ``seed``."""
+        """``{split: (x (T,N,…), y (T,N,…))}`` of meta-test tasks for ``seed``.
+
+        A split may also be ``(x, y, x_query, y_query)``: learners train on ``(x, y)``
+        and the metric is measured on the held-out ``(x_query, y_query)``.
+        """
         raise NotImplementedError
 
     def evaluate(

@@ -2,7 +2,7 @@
 
     >>> import tasks
     >>> tasks.names()
-    ['sine']
+    ['classification', 'sine']
     >>> task = tasks.get("sine", mode="family")
 
 Modules are imported lazily: asking for one task never imports another's
@@ -16,6 +16,11 @@ from typing import Any
 
 # name -> (module, class, one-line description)
 _REGISTRY: dict[str, tuple[str, str, str]] = {
+    "classification": (
+        "tasks.classification",
+        "ClassificationTask",
+        "digit classification (paper's binary MNIST): class pairs or 10-way, loss sees (p, one-hot y)",
+    ),
     "sine": (
         "tasks.sine",
         "SineTask",

@@ -20,7 +20,8 @@ QUICK = ["--meta-steps", "4", "--eval-steps", "3", "--n-points", "16", "--n-test
 
 def test_tasks_lists_sine(capsys):
     assert main(["tasks"]) == 0
-    assert any(line.startswith("sine ") for line in capsys.readouterr().out.splitlines())
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert "sine" in names and names == sorted(names)
 
 
 def test_train_then_eval(tmp_path, capsys):

@@ -22,5 +22,6 @@ def test_ci_runs_the_readme_commands():
 
 def test_readme_numbers_are_generated():
     readme = _read("README.md")
-    for name in ("sine", "bench-sine", "bench-scale", "keras-learned-loss", "maml-sine", "shaped-sine"):
+    names = ("sine", "bench-sine", "bench-scale", "keras-learned-loss", "maml-sine", "shaped-sine")
+    for name in (*names, "classification", "transfer"):
         assert f"<!-- generated:{name} -->" in readme and f"<!-- /generated:{name} -->" in readme
