@@ -67,7 +67,8 @@ class MetaTrainConfig:
     """Devices: ``default``, ``mirrored`` (all GPUs / logical CPUs; the meta-batch is split
     across replicas) or ``tpu`` (``$ML3TF_TPU`` / Colab; falls back to default)."""
     vectorize_meta_batch: bool = True
-    """Run the tasks of a meta-batch as one batched computation (``tf.vectorized_map``)."""
+    """Run the tasks of a meta-batch as one batched computation (``tf.vectorized_map``);
+    ignored under ``jit_compile``, where XLA fuses the per-task loop."""
     backprop: str = "full"
     """Backward pass through the inner steps: ``full``; ``segmented`` (exact, memory ~ K/S + S,
     for long unrolls); ``truncated`` (approximate: only the last ``truncate_steps`` steps)."""
