@@ -3,7 +3,7 @@
     ml3tf tasks
     ml3tf train TASK --out-dir DIR [--seeds 0 1 2 3 4] [--no-eval] [config/task flags]
     ml3tf eval  TASK --meta-loss FILE [FILE …] --out-dir DIR [--seeds …] [--eval-steps N]
-    ml3tf eval  TASK --learner FILE [FILE …] …      (a maml run's θ₀; with --meta-loss: ml3+maml)
+    ml3tf eval  TASK --init-file FILE [FILE …] …    (a maml run's θ₀; with --meta-loss: ml3+maml)
     ml3tf export FILE --out-dir DIR [--kind classification] [--from-logits]
 
 ``eval`` starts from the config.json that ``train`` wrote beside the first
@@ -134,9 +134,10 @@ def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[
                 "--meta-loss", nargs="+", default=[], help="meta_loss.keras file(s): one, or one per seed"
             )
             p.add_argument(
-                "--learner",
+                "--init-file",
                 nargs="+",
                 default=[],
+                dest="init_files",
                 help="learner.keras file(s) of a maml / ml3+maml run: the learned θ₀ to adapt from",
             )
         cfg_group = p.add_argument_group("meta-training config (MetaTrainConfig)")
@@ -230,9 +231,9 @@ def _main(argv: list[str]) -> int:
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     saved = {}
     if args.command == "eval":
-        if not args.meta_loss and not args.learner:
-            raise UsageError("eval needs --meta-loss FILE … and/or --learner FILE …")
-        saved = _saved_run((args.meta_loss or args.learner)[0], args.task)
+        if not args.meta_loss and not args.init_files:
+            raise UsageError("eval needs --meta-loss FILE … and/or --init-file FILE …")
+        saved = _saved_run((args.meta_loss or args.init_files)[0], args.task)
     task = tasks.get(args.task, **{**saved.get("task_options", {}), **_picked(args, groups["task"])})
     config = task.default_config()
     if "config" in saved:
@@ -258,11 +259,11 @@ def _main(argv: list[str]) -> int:
             print(f"meta-losses: {', '.join(run.meta_loss_paths)}")
     else:
         seeds = args.seeds
-        count = max(len(args.meta_loss), len(args.learner))
+        count = max(len(args.meta_loss), len(args.init_files))
         if seeds is None:
             seeds = list(range(count)) if count > 1 else [0, 1, 2, 3, 4]
         results = ml3tf.evaluate_files(
-            task, args.meta_loss, config, args.out_dir, seeds, learner_paths=args.learner or None
+            task, args.meta_loss, config, args.out_dir, seeds, learner_paths=args.init_files or None
         )
     if results is not None and not args.quiet:
         print(format_summary(results))

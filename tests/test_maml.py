@@ -198,7 +198,7 @@ def test_cli_train_method_maml_and_first_order_rejected_for_ml3(tmp_path, capsys
     capsys.readouterr()
     ev = str(tmp_path / "ev")
     learner = str(tmp_path / "m" / "learner.keras")
-    assert main(["eval", "sine", "--learner", learner, "--out-dir", ev, "--seeds", "0", "--quiet"]) == 0
+    assert main(["eval", "sine", "--init-file", learner, "--out-dir", ev, "--seeds", "0", "--quiet"]) == 0
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert final == res["final"] and res["learner_files"] == [learner] and res["meta_loss_files"] == []
