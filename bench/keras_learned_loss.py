@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -31,21 +30,10 @@ sys.path.insert(0, REPO)
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    import tensorflow as tf
+    """The machine these numbers come from (shared with bench/sine.py)."""
+    from bench.sine import machine as describe
 
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "tensorflow": tf.__version__,
-    }
+    return describe()
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -157,20 +156,10 @@ def add_basins(results: dict) -> None:
 
 
 def _machine() -> dict:
-    import tensorflow as tf
+    """The machine these numbers come from (shared with bench/sine.py)."""
+    from bench.sine import machine
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "python": platform.python_version(),
-    }
+    return machine()
 
 
 def _normalised(curve: np.ndarray) -> np.ndarray:

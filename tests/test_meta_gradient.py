@@ -8,7 +8,7 @@ import tensorflow as tf
 import tasks
 from ml3tf.functional import FunctionalModel
 from ml3tf.meta_trainer import MetaTrainConfig, MetaTrainer
-from tests.toy import ToyTask
+from tests.toy import ToyTask, directional_check
 
 
 def test_golden_linear_learner_scaled_square_loss(float64):
@@ -39,28 +39,6 @@ def test_golden_linear_learner_scaled_square_loss(float64):
     np.testing.assert_allclose(trainer.meta_loss.phi.numpy(), phi - eta * dloss_dphi, rtol=1e-12)
 
 
-def _directional_check(trainer, batch, seeds, directions=3, eps=1e-5):
-    variables = trainer.meta_loss.trainable_variables
-    grads, _ = trainer.meta_gradient(batch, seeds)
-    rng = np.random.default_rng(0)
-    originals = [v.numpy().copy() for v in variables]
-    worst = 0.0
-    for _ in range(directions):
-        d = [rng.standard_normal(v.shape) for v in variables]
-        analytic = sum(float(np.sum(g.numpy() * di)) for g, di in zip(grads, d, strict=True))
-        values = []
-        for sign in (1.0, -1.0):
-            for v, o, di in zip(variables, originals, d, strict=True):
-                v.assign(o + sign * eps * di)
-            values.append(float(trainer.objective(batch, seeds)[0].numpy()))
-        for v, o in zip(variables, originals, strict=True):
-            v.assign(o)
-        numeric = (values[0] - values[1]) / (2 * eps)
-        worst = max(worst, abs(analytic - numeric) / max(abs(numeric), 1e-12))
-        assert abs(analytic) > 1e-8, "meta-gradient vanished; the check would be vacuous"
-    return worst
-
-
 @pytest.mark.parametrize("inner_optimizer", ["sgd", "momentum", "adam"])
 @pytest.mark.parametrize("steps", [2, 3])
 def test_meta_gradient_matches_finite_differences(float64, inner_optimizer, steps):
@@ -69,14 +47,14 @@ def test_meta_gradient_matches_finite_differences(float64, inner_optimizer, step
     cfg = MetaTrainConfig(inner_steps=steps, inner_lr=lr, inner_optimizer=inner_optimizer, meta_batch_size=2)
     trainer = MetaTrainer(task, cfg)
     batch = task.sample(0, 0, 2)
-    assert _directional_check(trainer, batch, trainer.init_seeds(0)) < 1e-5
+    assert directional_check(trainer, batch, trainer.init_seeds(0)) < 1e-5
 
 
 def test_meta_gradient_through_while_loop_matches_finite_differences(float64):
     task = ToyTask(learner="smooth", meta_loss="network")
     cfg = MetaTrainConfig(inner_steps=12, inner_lr=0.2, unroll_loop="while")
     trainer = MetaTrainer(task, cfg)
-    assert _directional_check(trainer, task.sample(0, 0, 1), trainer.init_seeds(0)) < 1e-5
+    assert directional_check(trainer, task.sample(0, 0, 1), trainer.init_seeds(0)) < 1e-5
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
