@@ -10,6 +10,10 @@
    meta-steps, tracing included (the same for every K: the inner loop is a
    ``tf.while_loop``); ``tf.config.experimental.get_memory_info`` reports 0 on CPU.
 
+3. Time per meta-step on one device vs ``MirroredStrategy`` over 2 logical CPU devices
+   (B = 8, one fresh process; on 2 cores the two replicas share the same cores, so
+   this measures the strategy's overhead, not a speed-up).
+
 Prints tables and writes JSON with the machine named. Compare ratios from one run.
 """
 
@@ -72,6 +76,38 @@ for r in range({repeats}):
     times.append((time.perf_counter() - start) / n * 1e3)
 print(json.dumps({{"ms": statistics.median(times)}}))
 """
+
+
+MIRRORED_PROBE = """
+import os, sys, time, json, statistics
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {repo!r})
+import tasks
+from ml3tf.meta_trainer import MetaTrainer
+task = tasks.get("sine", mode="family", n_points=50)
+out = {{}}
+for strategy in ("default", "mirrored"):
+    trainer = MetaTrainer(task, task.default_config().replace(meta_batch_size={b}, strategy=strategy))
+    n = {n}
+    trainer.run_steps(0, n)  # trace
+    times = []
+    for r in range({repeats}):
+        start = time.perf_counter()
+        trainer.run_steps(n + r * n, n)
+        times.append((time.perf_counter() - start) / n * 1e3)
+    out[strategy + "_ms"] = statistics.median(times)
+    out[strategy + "_replicas"] = trainer.replicas
+print(json.dumps(out))
+"""
+
+
+def bench_mirrored(b: int, repeats: int, quick: bool) -> dict:
+    """ms per meta-step, one device vs MirroredStrategy over 2 logical CPUs (same process, same B)."""
+    res = _probe(MIRRORED_PROBE.format(repo=REPO, b=b, n=10 if quick else 30, repeats=repeats))
+    return {"meta_batch_size": b, **res}
 
 
 def _probe(code: str) -> dict:
@@ -138,27 +174,29 @@ def main() -> None:
     ap.add_argument(
         "--parts",
         nargs="+",
-        choices=("batch", "unroll"),
-        default=["batch", "unroll"],
+        choices=("batch", "unroll", "mirrored"),
+        default=["batch", "unroll", "mirrored"],
         help="measure only these parts; the others are kept from an existing --out file",
     )
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
 
     old: dict = {}
-    if set(args.parts) != {"batch", "unroll"} and os.path.exists(args.out):
+    if set(args.parts) != {"batch", "unroll", "mirrored"} and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
     batch_rows = (
         bench_meta_batch([1, 4, 16, 64], repeats, args.quick) if "batch" in args.parts else old["meta_batch"]
     )
     unroll_rows = bench_unroll([1, 10, 100, 1000], args.quick) if "unroll" in args.parts else old["unroll"]
+    mirrored = bench_mirrored(8, repeats, args.quick) if "mirrored" in args.parts else old.get("mirrored")
     result = {
         "benchmark": "scale",
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "meta_batch": batch_rows,
         "unroll": unroll_rows,
+        "mirrored": mirrored,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -188,6 +226,12 @@ def main() -> None:
         else:
             rise, ms = r["peak_rise_mb"], r["ms_per_step"]
             print(f"{r['inner_steps']:>5} {r['backprop']:>10} {rise:>13.1f} {ms:>9.1f}")
+    if mirrored:
+        print("\nMirroredStrategy over 2 logical CPUs vs one device (sine family, B=8, K=1)")
+        print(
+            f"  one device: {mirrored.get('default_ms', float('nan')):.2f} ms/step, "
+            f"mirrored: {mirrored.get('mirrored_ms', float('nan')):.2f} ms/step {mirrored.get('error', '')}"
+        )
     print(f"\nwrote {args.out}")
 
 
