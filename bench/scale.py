@@ -194,6 +194,15 @@ def main() -> None:
         "benchmark": "scale",
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        # when a part is kept from an earlier --out file, its own measurement date stays with it
+        "part_dates": {
+            part: (
+                time.strftime("%Y-%m-%d %H:%M:%S %Z")
+                if part in args.parts
+                else old.get("part_dates", {}).get(part, old.get("date"))
+            )
+            for part in ("batch", "unroll", "mirrored")
+        },
         "meta_batch": batch_rows,
         "unroll": unroll_rows,
         "mirrored": mirrored,

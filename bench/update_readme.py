@@ -128,13 +128,21 @@ def _num(value: float | None, spec: str = ".2f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _dates(b: dict) -> str:
+    """When each part of a benchmark file was measured (parts may come from different runs)."""
+    dates = b.get("part_dates") or {}
+    if not dates or len(set(dates.values())) == 1:
+        return b["date"]
+    return ", ".join(f"{part} {date}" for part, date in dates.items())
+
+
 def render_bench_scale() -> str:
     with open(os.path.join(REPO, "bench", "results", "scale.json")) as f:
         b = json.load(f)
     m = b["machine"]
     lines = [
         f"Measured by `python bench/scale.py` on {m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} "
-        f"({b['date']}; [bench/results/scale.json](bench/results/scale.json)).",
+        f"({_dates(b)}; [bench/results/scale.json](bench/results/scale.json)).",
         "",
         "| meta-batch B | per-task loop ms/step | vectorised ms/step | cost vs B=1 "
         "| XLA (`--jit-compile`) ms/step | cost vs B=1 |",
