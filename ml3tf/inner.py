@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import tensorflow as tf
 
+from ml3tf.config import BACKPROP_MODES, INNER_OPTIMIZERS
+
 Params = list[tf.Tensor]
 InnerLossFn = Callable[[Params, Params], tuple[tf.Tensor, Params]]
 
@@ -132,9 +134,6 @@ class Adam:
             new_m.append(mi)
             new_v.append(vi)
         return new_p, (t, new_m, new_v)
-
-
-from ml3tf.config import BACKPROP_MODES, INNER_OPTIMIZERS  # noqa: E402  (one list of names)
 
 
 def make_inner_optimizer(name: str, learning_rate: float, momentum: float = 0.9) -> InnerOptimizer:
