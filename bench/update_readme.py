@@ -274,34 +274,31 @@ def render_maml_sine() -> str:
     )
 
 
-def render_shaped_sine() -> str:
-    sys.path.insert(0, REPO)
-    from bench.shaped_sine import table
+def _render_extra_information(name: str, detail=lambda res: "") -> str:
+    """The table of ``bench/<name>.py`` from ``docs/results/<name>/results.json``."""
+    import importlib
 
-    with open(os.path.join(REPO, "docs", "results", "shaped_sine", "results.json")) as f:
+    sys.path.insert(0, REPO)
+    table = importlib.import_module(f"bench.{name}").table
+    path = f"docs/results/{name}/results.json"
+    with open(os.path.join(REPO, path)) as f:
         res = json.load(f)
     m = res["machine"]
     return (
-        table(res) + "\n\nWritten by `python bench/shaped_sine.py` on "
-        f"{m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} into "
-        "[docs/results/shaped_sine/results.json](docs/results/shaped_sine/results.json) "
-        f"({res['wall_seconds']:.0f} s for both learned arms × {len(res['seeds'])} seeds)."
+        table(res) + f"\n\nWritten by `python bench/{name}.py` on "
+        f"{m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} into [{path}]({path}) "
+        f"({res['wall_seconds']:.0f} s{detail(res)})."
+    )
+
+
+def render_shaped_sine() -> str:
+    return _render_extra_information(
+        "shaped_sine", lambda res: f" for both learned arms × {len(res['seeds'])} seeds"
     )
 
 
 def render_inverse_dynamics() -> str:
-    sys.path.insert(0, REPO)
-    from bench.inverse_dynamics import table
-
-    with open(os.path.join(REPO, "docs", "results", "inverse_dynamics", "results.json")) as f:
-        res = json.load(f)
-    m = res["machine"]
-    return (
-        table(res) + "\n\nWritten by `python bench/inverse_dynamics.py` on "
-        f"{m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} into "
-        "[docs/results/inverse_dynamics/results.json](docs/results/inverse_dynamics/results.json) "
-        f"({res['wall_seconds']:.0f} s)."
-    )
+    return _render_extra_information("inverse_dynamics")
 
 
 def render_transfer() -> str:
