@@ -19,6 +19,9 @@ BACKPROP_MODES = ("full", "segmented", "truncated")
 #: What the outer loop learns: the loss φ (ML3), the initialisation θ₀ (MAML), or both.
 METHODS = ("ml3", "maml", "ml3+maml")
 
+#: θ₀ of the meta-train learners (``MetaTrainConfig.learner_init``).
+LEARNER_INITS = ("fresh", "fixed")
+
 #: How φ is updated from the inner steps (``MetaTrainConfig.meta_update``).
 META_UPDATES = ("unrolled", "online")
 
@@ -101,6 +104,10 @@ class MetaTrainConfig:
     """What is meta-learned: ``ml3`` (the loss φ; learner re-initialised every meta-step), ``maml``
     (the learner's initialisation θ₀, inner steps on the task's baseline loss) or ``ml3+maml`` (both,
     separate outer optimizers)."""
+    learner_init: str = "fresh"
+    """θ₀ of the learners at meta-train time: ``fresh`` (a new Xavier draw every meta-step, the
+    authors' supervised protocol) or ``fixed`` (one draw per seed, reused at every meta-step: the
+    authors' MountainCar, whose policy is never re-initialised)."""
     init_lr: float = 1e-3
     """Meta learning rate of θ₀ (Adam) for ``maml`` and ``ml3+maml``; ``meta_lr`` stays φ's."""
     first_order: bool = False
@@ -135,6 +142,8 @@ class MetaTrainConfig:
             raise ValueError(f"unroll_loop must be 'auto', 'python' or 'while', got {self.unroll_loop!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.learner_init not in LEARNER_INITS:
+            raise ValueError(f"learner_init must be one of {LEARNER_INITS}, got {self.learner_init!r}")
         _positive("init_lr", self.init_lr)
         if self.first_order and self.method != "maml":
             # DESIGN §1: φ reaches the task loss only through the inner gradients.

@@ -494,9 +494,10 @@ class MetaTrainer:
 
     # --- the steps -----------------------------------------------------------------
     def init_seeds(self, step: int, batch_size: int | None = None) -> np.ndarray:
-        """Stateless seeds ``(B, 2)`` of the learners' θ_0 at ``step`` (resumable)."""
+        """Stateless seeds ``(B, 2)`` of the learners' θ_0 at ``step`` (resumable); with
+        ``learner_init="fixed"`` the seeds of step 0, whatever ``step``."""
         b = self.config.meta_batch_size if batch_size is None else batch_size
-        base = (step * b) % (2**31 - 1)
+        base = 0 if self.config.learner_init == "fixed" else (step * b) % (2**31 - 1)
         return np.array([[self.config.seed, base + i] for i in range(b)], dtype=np.int32)
 
     def meta_step(self, batch: TaskBatch, step: int) -> MetaStepInfo:

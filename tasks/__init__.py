@@ -36,6 +36,12 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "InverseDynamicsTask",
         "2-link arm inverse dynamics (paper Fig. 5c): Cholesky inertia model, physics prior extra loss",
     ),
+    "mountain_car": (
+        "tasks.mountain_car",
+        "MountainCarTask",
+        "MountainCar, the authors' physics (paper Fig. 6): policy by backprop through the rollout, "
+        "loss sees (s, a, ‖s_T − goal‖), extra loss: swing-back sub-goal",
+    ),
 }
 
 

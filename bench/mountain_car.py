@@ -1,0 +1,298 @@
+"""MountainCar with extra information vs iLQR (ML3 paper Fig. 6). Writes docs/results/mountain_car/.
+
+    python bench/mountain_car.py                    # 5 seeds, the issue's protocol (300 meta-steps)
+    python bench/mountain_car.py --meta-steps 1000  # the authors' script runs 1000
+
+Arms, on the authors' physics from the start (−0.55, 0), horizon 35:
+
+* ``ML3 + extra info``: loss meta-trained with the shaped task loss (sub-goal (−0.947, −0.0055)
+  on the first 15 steps), β = 0, γ = 1;
+* ``ML3``: loss meta-trained with the plain task loss mean ‖s_t − s*‖, β = 1, γ = 0;
+* ``iLQR``: tasks.ilqr on the same dynamics and start, open loop, cost Σ_t ‖s_t − s*‖² (every
+  state alike, like the task loss) + 1e-4·Σ a²; one run per seed from random initial controls
+  (seed 0: zeros); also with the terminal state weighted 10, 30, 100 times (a sweep, reported).
+
+For each seed the meta-train policy θ₀ is trained ``eval_steps`` SGD steps on the learned
+loss alone (the authors' test); fresh policies (``n_test_policies`` per seed) the same. The
+trained ``ML3 + extra info`` policy is then stepped through TF-Agents (``tasks.mountain_car_env``:
+the authors' physics as a gymnasium env → ``GymnasiumEnvironment`` → ``KerasPolicy`` →
+``collect_episodes``) and compared with the TF rollout; the same policy is also run on gymnasium's
+``MountainCarContinuous-v0`` (other physics, 999 steps; action ×4 to map ±0.25 onto ±1).
+Prints a table; writes results.json (DESIGN §3 schema for the ML3 + extra-info arm plus
+``arms``) and trajectories.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+import tasks.rl_env  # noqa: E402,F401  (before TensorFlow: TF-Agents' Keras 2 for tf.keras)
+
+# isort: split
+
+import numpy as np  # noqa: E402
+
+#: The learned arms: (β, γ) of the meta-objective β·L_task + γ·L_extra.
+ARMS = {"ml3_extra": (0.0, 1.0), "ml3": (1.0, 0.0)}
+LABELS = {"ml3_extra": "ML3 + extra info", "ml3": "ML3 (task loss only)", "ilqr": "iLQR"}
+#: iLQR terminal weights tried (state weight 1, action weight 1e-4); 1.0 is the ``iLQR`` arm.
+ILQR_TERMINAL_WEIGHTS = (1.0, 10.0, 30.0, 100.0)
+COLORS = {"ml3_extra": "tab:green", "ml3": "tab:blue", "ilqr": "tab:red"}
+
+
+def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import ml3tf
+    import tasks
+    import tasks.mountain_car_env as mce
+    from bench.sine import machine
+
+    task = tasks.get("mountain_car")
+    base = task.default_config()
+    if meta_steps is not None:
+        base = base.replace(meta_steps=meta_steps)
+    o = task.options
+    start = time.perf_counter()
+    arms: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for arm, (beta, gamma) in ARMS.items():
+            cfg = base.replace(task_loss_weight=beta, extra_loss_weight=gamma)
+            t0 = time.perf_counter()
+            run_ = ml3tf.train(task, cfg, os.path.join(tmp, arm), seeds=seeds, evaluate=False)
+            train_s = time.perf_counter() - t0
+            losses = [ml3tf.load_meta_loss(p) for p in run_.meta_loss_paths]
+            res = task.evaluate(losses, cfg, seeds)
+            per_seed = []
+            for seed, loss in zip(seeds, losses, strict=True):
+                out = task.meta_test(loss, task.train_params(seed), cfg.eval_steps, cfg.inner_lr)
+                per_seed.append(
+                    {
+                        "positions": out["positions"][0, -1].tolist(),
+                        "final_state": [
+                            float(out["positions"][0, -1, -1]),
+                            float(out["velocities"][0, -1, -1]),
+                        ],
+                        "final_distance": float(out["final_distance"][0, -1]),
+                        "reached": bool(out["max_position"][0, -1] >= o.success_position),
+                    }
+                )
+            arms[arm] = {
+                "results": res,
+                "per_seed": per_seed,
+                "losses": losses,
+                "config": cfg,
+                "train_s": train_s,
+            }
+
+        # The trained ML3 + extra-info policies stepped through TF-Agents, and on gymnasium's env.
+        extra = arms["ml3_extra"]
+        cfg = extra["config"]
+        env_rows, continuous_rows = [], []
+        learner = task.make_learner()
+        for seed, loss, row in zip(seeds, extra["losses"], extra["per_seed"], strict=True):
+            theta = task.adapt(loss, [p[0] for p in task.train_params(seed)], cfg.eval_steps, cfg.inner_lr)
+            env_out = mce.run_policy(learner, theta)
+            env_rows.append(
+                {
+                    "max_abs_position_difference": float(
+                        np.max(np.abs(env_out["states"][:, 0] - row["positions"]))
+                    ),
+                    "reached": bool(env_out["max_position"] >= o.success_position),
+                    "return": env_out["return"],
+                }
+            )
+            cont = mce.run_policy(learner, theta, env="MountainCarContinuous-v0", action_scale=4.0, seed=seed)
+            continuous_rows.append(
+                {
+                    "steps": len(cont["actions"]),
+                    "max_position": cont["max_position"],
+                    "reached": bool(cont["max_position"] >= 0.45),  # gymnasium's goal_position
+                    "return": cont["return"],
+                }
+            )
+
+    # iLQR: same dynamics and start; one run per seed from random initial controls (seed 0: zeros),
+    # with the task-loss-like cost (every state weighted alike) and with heavier terminal weights.
+    ilqr_rows = {}
+    for terminal in ILQR_TERMINAL_WEIGHTS:
+        rows = []
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            u0 = np.zeros(o.horizon) if seed == 0 else rng.uniform(-0.25, 0.25, size=o.horizon)
+            sol = task.ilqr_baseline(iterations=200, u_init=u0, terminal_weight=terminal)
+            final = sol["states"][-1]
+            rows.append(
+                {
+                    "positions": sol["states"][:, 0].tolist(),
+                    "final_state": final.tolist(),
+                    "final_distance": float(np.linalg.norm(final - np.asarray(o.goal))),
+                    "reached": bool(sol["states"][:, 0].max() >= o.success_position),
+                    "iterations": len(sol["costs"]) - 1,
+                    "cost": float(sol["costs"][-1]),
+                }
+            )
+        ilqr_rows[terminal] = rows
+
+    results = dict(extra["results"])
+    results["arms"] = {}
+    for arm in ARMS:
+        a = arms[arm]
+        r = a["results"]
+        results["arms"][arm] = {
+            "task_loss_weight": ARMS[arm][0],
+            "extra_loss_weight": ARMS[arm][1],
+            "meta_train_seconds": a["train_s"],
+            "per_seed": a["per_seed"],
+            **_summary(a["per_seed"]),
+            "fresh_policies": {
+                "success_rate": r["success_rate"]["test"]["learned"]["mean"],
+                "success_rate_std": r["success_rate"]["test"]["learned"]["std"],
+                "final_distance": r["final"]["test"]["learned"],
+                "final_distance_std": r["final"]["test"]["learned_std"],
+            },
+            "task_loss_sgd": {
+                "success_rate": r["success_rate"]["train"]["baseline"]["mean"],
+                "final_distance": r["final"]["train"]["baseline"],
+            },
+        }
+    results["arms"]["ilqr"] = {"terminal_weight": 1.0, "per_seed": ilqr_rows[1.0], **_summary(ilqr_rows[1.0])}
+    results["ilqr_terminal_weight_sweep"] = {
+        str(w): {"terminal_weight": w, "per_seed": rows, **_summary(rows)} for w, rows in ilqr_rows.items()
+    }
+    results["tf_agents_environment"] = env_rows
+    results["mountain_car_continuous_v0"] = continuous_rows
+    results["config"] = extra["config"].to_dict()
+    results["wall_seconds"] = time.perf_counter() - start
+    results["command"] = "python bench/mountain_car.py" + (
+        f" --meta-steps {meta_steps}" if meta_steps else ""
+    )
+    results["machine"] = machine()
+    results["date"] = datetime.date.today().isoformat()
+    os.makedirs(out_dir, exist_ok=True)
+    from ml3tf.results import write_results
+
+    write_results(results, os.path.join(out_dir, "results.json"))
+    plot(results, out_dir)
+    return results
+
+
+def _summary(rows: list[dict]) -> dict:
+    d = np.array([r["final_distance"] for r in rows])
+    reached = np.array([r["reached"] for r in rows], float)
+    return {
+        "success_rate": float(reached.mean()),
+        "final_distance": float(d.mean()),
+        "final_distance_std": float(d.std()),
+    }
+
+
+def table(res: dict) -> str:
+    """Markdown table of the arms (README block ``mountain-car``)."""
+    arms = res["arms"]
+    n = len(res["seeds"])
+    steps = res["config"]["eval_steps"]
+    lines = [
+        f"Meta-train policy θ₀ of each seed after {steps} SGD step(s) on the learned loss alone "
+        f"(the authors' test), {n} seeds, {res['config']['meta_steps']} meta-steps; iLQR from the same start "
+        "(one run per seed from random initial controls):",
+        "",
+        "| arm | reached p ≥ 0.5 | final distance to (0.5, 1.0375) "
+        "| fresh policies: reached | fresh: final distance |",
+        "|---|---|---|---|---|",
+    ]
+    for arm in ("ml3_extra", "ml3", "ilqr"):
+        a = arms[arm]
+        fresh = a.get("fresh_policies")
+        fresh_cells = (
+            f"{fresh['success_rate']:.0%} | {fresh['final_distance']:.3f} ± {fresh['final_distance_std']:.3f}"
+            if fresh
+            else "— | —"
+        )
+        reached = sum(r["reached"] for r in a["per_seed"])
+        lines.append(
+            f"| {LABELS[arm]} | {reached}/{n} | {a['final_distance']:.3f} ± {a['final_distance_std']:.3f} "
+            f"| {fresh_cells} |"
+        )
+    for key, sweep in res["ilqr_terminal_weight_sweep"].items():
+        if float(key) == 1.0:
+            continue
+        reached = sum(r["reached"] for r in sweep["per_seed"])
+        lines.append(
+            f"| iLQR, terminal weight {float(key):g} | {reached}/{n} | "
+            f"{sweep['final_distance']:.3f} ± {sweep['final_distance_std']:.3f} | — | — |"
+        )
+    sgd = arms["ml3_extra"]["task_loss_sgd"]
+    lines.append(
+        f"| SGD on the task loss (same θ₀, same steps) | {sgd['success_rate']:.0%} "
+        f"| {sgd['final_distance']:.3f} | — | — |"
+    )
+    env = res["tf_agents_environment"]
+    cont = res["mountain_car_continuous_v0"]
+    diff = max(r["max_abs_position_difference"] for r in env)
+    lines += [
+        "",
+        f"Through TF-Agents (the authors' physics as a gymnasium env, `KerasPolicy`, `collect_episodes`): "
+        f"the ML3 + extra-info policies reach the goal in {sum(r['reached'] for r in env)}/{n} seeds; "
+        f"largest position difference from the TF rollout {diff:.1e}. "
+        "The same policies on gymnasium's `MountainCarContinuous-v0` "
+        f"(other physics, {cont[0]['steps']} steps, "
+        f"action ×4): goal reached in {sum(r['reached'] for r in cont)}/{n}, highest position "
+        f"{max(r['max_position'] for r in cont):.2f}.",
+    ]
+    return "\n".join(lines)
+
+
+def plot(res: dict, out_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    ax = axes[0]
+    for arm in ("ml3_extra", "ml3", "ilqr"):
+        for i, row in enumerate(res["arms"][arm]["per_seed"]):
+            p = np.asarray(row["positions"])
+            ax.plot(np.arange(len(p)), p, color=COLORS[arm], alpha=0.7, label=LABELS[arm] if i == 0 else None)
+    ax.set_title("meta-train policy θ₀ after the meta-test step(s); iLQR")
+    ax = axes[1]
+    test = res["trajectories"]["test"]
+    ax.plot(np.asarray(test["learned"])[-1], color=COLORS["ml3_extra"], label="ML3 + extra info (mean)")
+    ax.plot(np.asarray(test["baseline"])[-1], color="gray", label="SGD on task loss (mean)")
+    ax.set_title(f"fresh policies, mean over {res['task_options']['n_test_policies']} × {len(res['seeds'])}")
+    for ax in axes:
+        ax.axhline(0.5, color="k", ls="--", lw=0.8)
+        ax.axhline(-0.947, color="k", ls=":", lw=0.8)
+        ax.set_xlabel("time step")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("position p")
+    fig.suptitle(
+        "MountainCar (authors' physics): goal p = 0.5 (dashed), sub-goal −0.947 (dotted)", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "trajectories.png"), dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--meta-steps", type=int, default=None)
+    ap.add_argument("--out-dir", default=os.path.join(REPO, "docs", "results", "mountain_car"))
+    args = ap.parse_args()
+    res = run(args.seeds, args.meta_steps, args.out_dir)
+    print(table(res))
+    print(f"\nwrote {args.out_dir}/results.json and trajectories.png ({res['wall_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

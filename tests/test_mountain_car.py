@@ -1,0 +1,318 @@
+"""MountainCar (authors' physics): TF step vs NumPy, iLQR vs Riccati, the TF-Agents environment,
+the policy wrapper, a tiny end-to-end run, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import ml3tf
+import tasks
+from ml3tf.functional import FunctionalModel
+from tasks import mountain_car as mc
+from tasks.ilqr import ilqr, lqr_riccati, quadratic_cost, rollout
+
+# (p, v, a) chosen to hit every branch of the step: free motion, |v| > 1.5 both ways,
+# p > 0.5, p < −1.2 with v < 0 (v := 0 at the wall), p < −1.2 with v ≥ 0 impossible after
+# the update, exactly at the wall moving right, and actions outside ±0.25 (clipped).
+CASES = np.array(
+    [
+        [-0.55, 0.0, 0.1],
+        [-0.3, 0.4, -0.2],
+        [-0.52, 1.49, 0.25],  # v > 1.5 after the update
+        [-0.2, -1.49, -0.25],  # v < −1.5 after the update
+        [0.48, 1.2, 0.25],  # p > 0.5: clipped to 0.5
+        [-1.17, -0.9, -0.25],  # p < −1.2: clipped, v < 0 -> 0
+        [-1.2, 0.3, 0.25],  # at the wall, moving right: v kept
+        [-0.9, 0.0, 3.0],  # action above the bound: clipped to 0.25
+        [-0.9, 0.0, -3.0],  # below: clipped to −0.25
+    ]
+)
+
+
+def _branches(p, v, a):
+    a = np.clip(a, -0.25, 0.25)
+    v1 = v + (-9.8 * 0.2 * np.cos(3 * p) + a / 0.2 - 0.3 * v) * 0.1
+    p1 = p + v1 * 0.1
+    return v1 > 1.5, v1 < -1.5, p1 > 0.5, (p1 < -1.2) & (np.clip(v1, -1.5, 1.5) < 0)
+
+
+def test_every_clipping_branch_is_exercised():
+    hits = np.array([_branches(*c) for c in CASES])
+    assert hits.any(axis=0).all()
+
+
+@pytest.mark.parametrize("dtype", [tf.float64, tf.float32])
+@pytest.mark.parametrize("straight_through", [True, False])
+def test_tf_step_equals_numpy_transcription(dtype, straight_through):
+    states, actions = CASES[:, :2], CASES[:, 2]
+    want = mc.step_numpy(states, actions)
+    got = mc.step(tf.constant(states, dtype), tf.constant(actions, dtype), straight_through).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert want[5, 0] == -1.2 and want[5, 1] == 0.0  # the left wall stops the car
+    assert want[4, 0] == 0.5 and want[2, 1] == 1.5 and want[3, 1] == -1.5
+    # a whole batched rollout, too (TF float64 vs NumPy, 35 steps)
+    rng = np.random.default_rng(0)
+    s_np = np.tile(np.array(mc.START), (8, 1))
+    s_tf = tf.constant(s_np, tf.float64)
+    for _ in range(35):
+        a = rng.uniform(-0.4, 0.4, size=8)
+        s_np = mc.step_numpy(s_np, a)
+        s_tf = mc.step(s_tf, tf.constant(a), straight_through)
+    np.testing.assert_allclose(s_tf.numpy(), s_np, atol=1e-6)
+
+
+def test_gradient_of_the_step_matches_finite_differences_inside_the_bounds():
+    s = tf.constant([-0.4, 0.2], tf.float64)
+    a = tf.constant(0.1, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch([s, a])
+        out = tf.reduce_sum(mc.step(s, a) * tf.constant([1.0, 2.0], tf.float64))
+    gs, ga = tape.gradient(out, [s, a])
+    eps = 1e-6
+
+    def f(s_, a_):
+        return float(mc.step_numpy(s_, a_) @ np.array([1.0, 2.0]))
+
+    fd_s = [(f(s.numpy() + eps * e, 0.1) - f(s.numpy() - eps * e, 0.1)) / (2 * eps) for e in np.eye(2)]
+    fd_a = (f(s.numpy(), 0.1 + eps) - f(s.numpy(), 0.1 - eps)) / (2 * eps)
+    np.testing.assert_allclose(gs.numpy(), fd_s, rtol=1e-6)
+    np.testing.assert_allclose(float(ga), fd_a, rtol=1e-6)
+    # analytic Jacobians used by iLQR agree with autodiff
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([s, a])
+        nxt = mc.step(s, a)
+    jac_s = tape.jacobian(nxt, s).numpy()
+    jac_a = tape.jacobian(nxt, a).numpy()
+    ja, jb = mc._jacobians(s.numpy(), np.array([0.1]))
+    np.testing.assert_allclose(ja, jac_s, rtol=1e-9)
+    np.testing.assert_allclose(jb[:, 0], jac_a, rtol=1e-9)
+
+
+def test_clip_gradient_modes_differ_only_in_the_gradient():
+    s = tf.constant([[0.45, 1.4]], tf.float64)  # p goes past 0.5: clipped
+    for st, want in ((True, 1.0), (False, 0.0)):
+        with tf.GradientTape() as tape:
+            tape.watch(s)
+            p = mc.step(s, tf.constant([0.0], tf.float64), straight_through=st)[0, 0]
+        assert float(p) == 0.5
+        assert float(tape.gradient(p, s)[0, 1]) == pytest.approx(want * 0.1 * 0.97)
+
+
+def test_ilqr_equals_closed_form_lqr():
+    rng = np.random.default_rng(1)
+    a = np.eye(3) + 0.1 * rng.normal(size=(3, 3))
+    b = rng.normal(size=(3, 2))
+    q, r, qf = np.diag([1.0, 2.0, 0.5]), np.diag([0.3, 0.1]), 5.0 * np.eye(3)
+    x0, horizon = np.array([1.0, -2.0, 0.5]), 12
+    cost = quadratic_cost(q, r, qf, np.zeros(3))
+    sol = ilqr(
+        lambda x, u: a @ x + b @ u,
+        lambda x, u: (a, b),
+        cost,
+        x0,
+        rng.normal(size=(horizon, 2)),  # any initial controls: one Newton step is exact
+        iterations=5,
+        regularization=0.0,
+    )
+    gains = lqr_riccati(a, b, q, r, qf, horizon)
+    xs = [x0]
+    us = []
+    for t in range(horizon):
+        us.append(gains[t] @ xs[-1])
+        xs.append(a @ xs[-1] + b @ us[-1])
+    np.testing.assert_allclose(sol.controls, np.stack(us), atol=1e-8)
+    np.testing.assert_allclose(sol.states, np.stack(xs), atol=1e-8)
+    np.testing.assert_allclose(sol.gains, gains, atol=1e-8)
+    assert sol.costs[-1] <= sol.costs[0]
+    np.testing.assert_allclose(sol.costs[-1], cost.total(np.stack(xs), np.stack(us)), rtol=1e-10)
+
+
+def test_ilqr_on_mountain_car_runs_and_respects_the_bounds():
+    task = tasks.get("mountain_car")
+    out = task.ilqr_baseline(iterations=30)
+    assert out["states"].shape == (36, 2) and out["actions"].shape == (35,)
+    assert np.all(np.abs(out["actions"]) <= 0.25)
+    assert out["costs"][-1] <= out["costs"][0]
+    states = rollout(lambda x, u: mc.step_numpy(x, u[0]), np.array(mc.START), out["actions"][:, None])
+    np.testing.assert_allclose(states, out["states"])
+
+
+def test_features_losses_and_rollout_match_numpy():
+    task = tasks.get("mountain_car")
+    f = FunctionalModel(task.make_learner())
+    params = f.init_params([3, 4])
+    start = np.array(mc.START, np.float32)
+    states, actions = task.rollout(f, params, start)
+    w = (params[0].numpy() @ params[1].numpy())[:, 0]  # the policy is linear: a = w·s
+    ref_s, ref_a = mc.rollout_numpy(lambda s: w @ s)
+    np.testing.assert_allclose(states.numpy(), ref_s, atol=1e-5)
+    np.testing.assert_allclose(actions.numpy()[:, 0], ref_a, atol=1e-5)
+    feats, _ = task.meta_loss_inputs(f, params, [], {"start": start})
+    goal = np.array(mc.GOAL)
+    assert feats.shape == (35, 4)
+    np.testing.assert_allclose(feats[:, 3], np.linalg.norm(ref_s[-1] - goal), rtol=1e-5)
+    lt = task.task_loss(f, params, [], {"start": start})
+    np.testing.assert_allclose(float(lt), np.linalg.norm(ref_s - goal, axis=1).mean(), rtol=1e-5)
+    le = task.extra_loss(f, params, [], {"start": start}, {})
+    sub = np.array(mc.SUBGOAL)
+    want = np.linalg.norm(ref_s[:15] - sub, axis=1).mean() + np.linalg.norm(ref_s[15:] - goal, axis=1).mean()
+    np.testing.assert_allclose(float(le), want, rtol=1e-5)
+
+
+def test_tiny_end_to_end_run(tmp_path):
+    task = tasks.get(
+        "mountain_car", horizon=8, subgoal_steps=3, policy_hidden=8, meta_loss_hidden=(16,), n_test_policies=2
+    )
+    cfg = task.default_config().replace(
+        meta_steps=3, task_loss_weight=0.0, extra_loss_weight=1.0, learner_init="fixed", checkpoint_every=3
+    )
+    run = ml3tf.train(task, cfg, str(tmp_path), seeds=[0, 1])
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["task"] == "mountain_car" and res["metric"] == "final_distance" and res["seeds"] == [0, 1]
+    curve = res["curves"]["test"]["learned"]["mean"]
+    assert len(curve) == cfg.eval_steps + 1 and np.all(np.isfinite(curve))
+    # both arms start from the same fresh policies
+    assert curve[0] == pytest.approx(res["curves"]["test"]["baseline"]["mean"][0])
+    assert set(res["success_rate"]) == {"train", "test"}
+    for split in ("train", "test"):
+        assert set(res["success_rate"][split]) == {"learned", "baseline"}
+        assert len(res["success_rate"][split]["learned"]["curve"]) == cfg.eval_steps + 1
+        assert np.shape(res["trajectories"][split]["learned"]) == (cfg.eval_steps + 1, 9)
+    # the train split starts from the meta-train policy θ₀ (learner_init="fixed")
+    trainer = ml3tf.MetaTrainer(task, cfg.replace(seed=1))
+    theta0 = trainer.functional.init_params(trainer.init_seeds(5)[0])
+    for got, want in zip(task.train_params(1), theta0, strict=True):
+        np.testing.assert_array_equal(got[0], want.numpy())
+    metrics = [json.loads(x) for x in (tmp_path / "seed_0" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and all(m["extra_loss"] > 0 and m["meta_grad_norm"] > 0 for m in metrics)
+    assert run.meta_loss_paths and (tmp_path / "results.png").exists()
+
+
+def test_fixed_learner_init_reuses_theta0():
+    task = tasks.get("mountain_car", horizon=4, subgoal_steps=2, policy_hidden=4, meta_loss_hidden=(4,))
+    fixed = ml3tf.MetaTrainer(task, task.default_config().replace(learner_init="fixed", seed=2))
+    fresh = ml3tf.MetaTrainer(task, task.default_config().replace(learner_init="fresh", seed=2))
+    np.testing.assert_array_equal(fixed.init_seeds(0), fixed.init_seeds(7))
+    assert not np.array_equal(fresh.init_seeds(0), fresh.init_seeds(7))
+    np.testing.assert_array_equal(fixed.init_seeds(0), fresh.init_seeds(0))
+    with pytest.raises(ValueError, match="learner_init"):
+        task.default_config().replace(learner_init="frozen")
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="horizon"):
+        tasks.get("mountain_car", horizon=0)
+    with pytest.raises(ValueError, match="subgoal_steps"):
+        tasks.get("mountain_car", subgoal_steps=40)
+    with pytest.raises(ValueError, match="start"):
+        tasks.get("mountain_car", start=(2.0, 0.0))
+    with pytest.raises(ValueError, match="goal"):
+        tasks.get("mountain_car", goal=(0.5,))
+    with pytest.raises(ValueError, match="straight_through"):
+        tasks.get("mountain_car", straight_through="yes")
+    with pytest.raises(TypeError):
+        tasks.get("mountain_car", horizont=3)
+    with pytest.raises(ValueError, match=r"action must lie in \[-0.25, 0.25\], got 0.3"):
+        mc.check_action(0.3)
+    with pytest.raises(ValueError, match="action"):
+        mc.check_action(float("nan"))
+    with pytest.raises(ValueError, match="u_init"):
+        ilqr(
+            lambda x, u: x,
+            lambda x, u: (np.eye(2), np.zeros((2, 1))),
+            quadratic_cost(np.eye(2), np.eye(1), np.eye(2), np.zeros(2)),
+            np.zeros(2),
+            np.zeros(3),
+        )
+    with pytest.raises(ValueError, match="R must be"):
+        quadratic_cost(np.eye(2), -np.eye(1), np.eye(2), np.zeros(2))
+
+
+# --- the real environment through TF-Agents ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mce():
+    pytest.importorskip("tf_agents", reason="RL extras not installed (README 'Reinforcement learning')")
+    import tasks.mountain_car_env as mce
+
+    return mce
+
+
+def test_environment_through_tf_agents_equals_the_tf_rollout(mce):
+    task = tasks.get("mountain_car")
+    learner = task.make_learner()
+    f = FunctionalModel(learner)
+    params = f.init_params([0, 5])
+    params = [params[0] * 4.0, params[1] * 4.0]  # a policy that hits the action bounds
+    states, actions = task.rollout(f, params, np.array(mc.START, np.float32))
+    out = mce.run_policy(learner, params)
+    assert out["states"].shape == (36, 2)
+    np.testing.assert_allclose(out["states"], states.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["actions"], actions.numpy()[:, 0], atol=1e-6)
+    want_return = -np.linalg.norm(states.numpy()[1:] - np.array(mc.GOAL), axis=1).sum()
+    assert out["return"] == pytest.approx(want_return, rel=1e-5)
+    assert np.any(np.isclose(np.abs(out["actions"]), 0.25)) and np.any(np.abs(out["actions"]) < 0.2)
+
+
+def test_policy_wrapper_equals_the_keras_network(mce):
+    import tasks.rl_env as rl_env
+
+    task = tasks.get("mountain_car")
+    learner = task.make_learner()
+    f = FunctionalModel(learner)
+    params = f.init_params([1, 1])
+    tf_env = rl_env.make_tf_env(mce.AuthorsMountainCarEnv())
+    try:
+        policy = rl_env.KerasPolicy(learner, tf_env.time_step_spec(), tf_env.action_spec(), params=params)
+        obs = tf.constant([[-0.55, 0.0], [0.1, -0.7], [-1.0, 1.2]], tf.float32)
+        np.testing.assert_allclose(policy.mean_action(obs).numpy(), f(params, obs).numpy(), rtol=1e-6)
+    finally:
+        tf_env.close()
+
+
+def test_environment_bad_input(mce):
+    env = mce.AuthorsMountainCarEnv()
+    env.reset()
+    with pytest.raises(ValueError, match="action must lie in"):
+        env.step(np.array([0.5], np.float32))
+    with pytest.raises(ValueError, match="horizon"):
+        mce.AuthorsMountainCarEnv(horizon=0)
+    with pytest.raises(ValueError, match="action_scale"):
+        mce.run_policy(tasks.get("mountain_car").make_learner(), action_scale=-1.0)
+
+
+def test_adapted_policy_through_tf_agents_equals_meta_test(mce):
+    """A policy trained one SGD step on a (random) learned loss, rolled out in the environment
+    through TF-Agents, follows the trajectory meta-test computed in TensorFlow."""
+    import keras
+
+    task = tasks.get("mountain_car", n_test_policies=1, horizon=10, subgoal_steps=5)
+    keras.utils.set_random_seed(0)
+    meta_loss = ml3tf.MetaLossNetwork(4, (16,), activation="elu", use_bias=True, output_activation="linear")
+    params0 = task.train_params(3)
+    theta = task.adapt(meta_loss, [p[0] for p in params0], steps=1, learning_rate=1.0)
+    assert not np.allclose(theta[0].numpy(), params0[0][0])  # the step moved the policy
+    out = task.meta_test(meta_loss, params0, steps=1, learning_rate=1.0)
+    env_out = mce.run_policy(task.make_learner(), theta, env=mce.AuthorsMountainCarEnv(horizon=10))
+    assert env_out["states"].shape == (11, 2)
+    np.testing.assert_allclose(env_out["states"][:, 0], out["positions"][0, -1], atol=1e-4)
+    np.testing.assert_allclose(env_out["states"][:, 1], out["velocities"][0, -1], atol=1e-4)
+
+
+def test_gymnasium_mountain_car_continuous_runs_with_scaled_actions(mce):
+    task = tasks.get("mountain_car")
+    learner = task.make_learner()
+    params = FunctionalModel(learner).init_params([0, 2])
+    env = mce.gymnasium.make("MountainCarContinuous-v0", max_episode_steps=20)
+    out = mce.run_policy(learner, params, env=env, action_scale=4.0)
+    assert out["states"].shape == (21, 2) and out["actions"].shape == (20,)
+    f = FunctionalModel(learner)
+    want = np.clip(4.0 * f(params, out["states"][:-1].astype(np.float32)).numpy()[:, 0], -1.0, 1.0)
+    np.testing.assert_allclose(out["actions"], want, rtol=1e-5, atol=1e-6)
+    # gymnasium's own physics: v' = v + 0.0015·a − 0.0025·cos(3p), p' = p + v'
+    p, v = out["states"][0]
+    v1 = v + 0.0015 * want[0] - 0.0025 * np.cos(3 * p)
+    np.testing.assert_allclose(out["states"][1], [p + v1, v1], rtol=1e-5, atol=1e-6)
