@@ -31,15 +31,11 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
-
-import tasks.rl_env  # noqa: E402,F401  (before TensorFlow: TF-Agents' Keras 2 for tf.keras)
-
-# isort: split
-
-import numpy as np  # noqa: E402
 
 #: The learned arms: (β, γ) of the meta-objective β·L_task + γ·L_extra.
 ARMS = {"ml3_extra": (0.0, 1.0), "ml3": (1.0, 0.0)}
@@ -51,6 +47,9 @@ COLORS = {"ml3_extra": "tab:green", "ml3": "tab:blue", "ilqr": "tab:red"}
 
 def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tasks.rl_env  # before TensorFlow: TF-Agents' Keras 2 for tf.keras
+
+    # isort: split
     import ml3tf
     import tasks
     import tasks.mountain_car_env as mce

@@ -16,7 +16,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``inverse-dynamics``: docs/results/inverse_dynamics/results.json, by ``python bench/inverse_dynamics.py``;
 * ``classification``: docs/results/classification/*/results.json and
   bench/results/classification.json, written by ``python bench/classification.py``;
-* ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``.
+* ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``;
+* ``mountain-car``: docs/results/mountain_car/results.json, written by ``python bench/mountain_car.py``.
 """
 
 from __future__ import annotations
@@ -301,6 +302,12 @@ def render_inverse_dynamics() -> str:
     return _render_extra_information("inverse_dynamics")
 
 
+def render_mountain_car() -> str:
+    return _render_extra_information(
+        "mountain_car", lambda res: f" for both learned arms × {len(res['seeds'])} seeds, {res['date']}"
+    )
+
+
 def render_transfer() -> str:
     import importlib.util
 
@@ -349,6 +356,7 @@ def main() -> None:
             ("docs", "results", "inverse_dynamics", "results.json"),
             render_inverse_dynamics,
         ),
+        ("mountain-car", ("docs", "results", "mountain_car", "results.json"), render_mountain_car),
     ):
         if os.path.exists(os.path.join(REPO, *path)):
             text = replace_block(text, name, render())

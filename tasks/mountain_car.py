@@ -99,7 +99,8 @@ def step_numpy(state: np.ndarray, action: np.ndarray) -> np.ndarray:
 
 def _clip(x: tf.Tensor, lo: float, hi: float, straight_through: bool) -> tf.Tensor:
     clipped = tf.clip_by_value(x, tf.cast(lo, x.dtype), tf.cast(hi, x.dtype))
-    return x + tf.stop_gradient(clipped - x) if straight_through else clipped
+    # value exactly ``clipped`` (x − x is exactly 0), gradient 1: the authors' ``.data`` clip
+    return tf.stop_gradient(clipped) + (x - tf.stop_gradient(x)) if straight_through else clipped
 
 
 def step(state: tf.Tensor, action: tf.Tensor, straight_through: bool = True) -> tf.Tensor:
