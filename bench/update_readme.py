@@ -303,9 +303,25 @@ def render_inverse_dynamics() -> str:
 
 
 def render_mountain_car() -> str:
-    return _render_extra_information(
+    """docs/results/mountain_car/ (the issue's 300 meta-steps) and, when it exists,
+    docs/results/mountain_car_1000/ (the authors' script length, ``--meta-steps 1000``)."""
+    text = _render_extra_information(
         "mountain_car", lambda res: f" for both learned arms × {len(res['seeds'])} seeds, {res['date']}"
     )
+    path = "docs/results/mountain_car_1000/results.json"
+    if os.path.exists(os.path.join(REPO, path)):
+        import importlib
+
+        table = importlib.import_module("bench.mountain_car").table
+        with open(os.path.join(REPO, path)) as f:
+            res = json.load(f)
+        text += (
+            "\n\nThe same with the authors' script length, 1000 meta-steps:\n\n"
+            + table(res)
+            + f"\n\nWritten by `{res['command']} --out-dir docs/results/mountain_car_1000` into "
+            f"[{path}]({path}) ({res['wall_seconds']:.0f} s, {res['date']})."
+        )
+    return text
 
 
 def render_transfer() -> str:

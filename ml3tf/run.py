@@ -130,10 +130,12 @@ def _check_resume(run_dir: str, record: dict[str, Any]) -> None:
         raise ValueError(
             f"out_dir {run_dir!r} holds a run with other task options: {old.get('task_options')}"
         )
+    # A field added after the run was written holds its default there (runs stay resumable).
+    defaults = {f.name: f.default for f in dataclasses.fields(MetaTrainConfig)}
     for key, value in record["config"].items():
         if key in RESUMABLE_FIELDS:
             continue
-        if old.get("config", {}).get(key) != value:
+        if old.get("config", {}).get(key, defaults.get(key)) != value:
             raise ValueError(
                 f"out_dir {run_dir!r} holds a run with {key}={old.get('config', {}).get(key)!r}; "
                 f"cannot resume it with {key}={value!r} (use another --out-dir)"

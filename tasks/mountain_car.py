@@ -45,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -340,7 +341,11 @@ class MountainCarTask:
         "positions": (N, steps+1, T+1), "velocities": (N, steps+1, T+1)}``, index k = after
         k steps. One ``ml3tf.evaluation.make_curve_fn`` call; its metric is the whole rollout.
         """
-        key = (None if meta_loss is None else meta_loss.count_params(), int(steps), float(learning_rate))
+        arch = None
+        if meta_loss is not None:  # one trace per loss architecture (φ enters as tensors)
+            config = {k: v for k, v in meta_loss.get_config().items() if k not in ("name", "trainable")}
+            arch = json.dumps([type(meta_loss).__qualname__, config], sort_keys=True, default=str)
+        key = (arch, int(steps), float(learning_rate))
         cache = self.__dict__.setdefault("_meta_test_cache", {})
         if key not in cache:
             cache[key] = self._meta_test_fn(meta_loss, int(steps), float(learning_rate))
