@@ -496,7 +496,7 @@ class MetaTrainer:
     def init_seeds(self, step: int, batch_size: int | None = None) -> np.ndarray:
         """Stateless seeds ``(B, 2)`` of the learners' θ_0 at ``step`` (resumable)."""
         b = self.config.meta_batch_size if batch_size is None else batch_size
-        base = (step * b) % (2**31 - 1)
+        base = 0 if self.config.learner_init == "fixed" else (step * b) % (2**31 - 1)
         return np.array([[self.config.seed, base + i] for i in range(b)], dtype=np.int32)
 
     def meta_step(self, batch: TaskBatch, step: int) -> MetaStepInfo:
@@ -513,12 +513,20 @@ class MetaTrainer:
         The task's batches for those steps are sampled here and stacked; the loop over
         them runs inside the graph (one Python round trip instead of ``count``).
 
+        If the task has a method ``before_meta_steps(trainer, first_step, count)`` it is
+        called first, outside the compiled graph: a task may change what its compiled
+        functions read between calls (e.g. refit a learned dynamics model whose variables
+        the rollouts use) — variables only, never anything that would need a new trace.
+
         Raises:
             NonFiniteError: naming the first non-finite step; φ holds the updates of
                 the steps before it and none after.
         """
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
+        hook = getattr(self.task, "before_meta_steps", None)
+        if hook is not None:
+            hook(self, first_step, count)
         steps = range(first_step, first_step + count)
         if self.distributed:  # one call per step: each step's shards are placed per replica
             return [

@@ -31,6 +31,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "ShapedSineTask",
         "shaped sine (paper Fig. 5a/b): learner sin(ωx), loss sees (x, ŷ, y), extra loss (ω − v)²",
     ),
+    "reacher": (
+        "tasks.reacher",
+        "ReacherTask",
+        "model-based RL on MuJoCo Reacher-v5 (paper MBRL reacher): policy through a learned dynamics model",
+    ),
     "inverse_dynamics": (
         "tasks.inverse_dynamics",
         "InverseDynamicsTask",

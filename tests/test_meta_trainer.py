@@ -159,3 +159,42 @@ def test_segmented_and_truncated_meta_gradients_through_the_trainer(float64):
         grads[mode] = np.concatenate([x.numpy().ravel() for x in g])
     np.testing.assert_allclose(grads["segmented"], grads["full"], rtol=1e-9, atol=1e-14)
     assert np.abs(grads["truncated"] - grads["full"]).max() > 1e-8
+
+
+def test_task_hook_runs_before_each_compiled_chunk_and_its_variable_changes_are_seen():
+    """``before_meta_steps`` may re-assign a variable the compiled step reads (no retrace)."""
+    import tensorflow as tf
+
+    class Hooked(ToyTask):
+        def __init__(self):
+            super().__init__()
+            self.shift = tf.Variable(0.0)
+            self.calls = []
+
+        def before_meta_steps(self, trainer, first_step, count):
+            self.calls.append((first_step, count))
+            self.shift.assign(10.0 * first_step)
+
+        def task_loss(self, learner, params, state, data):
+            return super().task_loss(learner, params, state, data) + self.shift
+
+    task = Hooked()
+    trainer = MetaTrainer(task, task.default_config())
+    first = trainer.run_steps(0, 2)
+    second = trainer.run_steps(2, 2)
+    assert task.calls == [(0, 2), (2, 2)]
+    no_shift = MetaTrainer(ToyTask(), task.default_config()).run_steps(0, 4)
+    np.testing.assert_allclose([i.task_loss for i in first], [i.task_loss for i in no_shift[:2]], rtol=1e-5)
+    np.testing.assert_allclose(
+        [i.task_loss for i in second], [i.task_loss + 20.0 for i in no_shift[2:]], rtol=1e-5
+    )
+
+
+def test_fixed_learner_init_draws_the_same_theta0_at_every_step():
+    task = ToyTask()
+    fixed = MetaTrainer(task, task.default_config().replace(learner_init="fixed", meta_batch_size=2))
+    fresh = MetaTrainer(task, task.default_config().replace(meta_batch_size=2))
+    np.testing.assert_array_equal(fixed.init_seeds(0), fixed.init_seeds(7))
+    assert fixed.init_seeds(3)[0].tolist() != fixed.init_seeds(3)[1].tolist()  # one θ_0 per slot
+    assert fresh.init_seeds(0).tolist() != fresh.init_seeds(7).tolist()
+    np.testing.assert_array_equal(fixed.init_seeds(0), fresh.init_seeds(0))  # step 0: the same draw
