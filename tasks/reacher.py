@@ -181,7 +181,9 @@ class FixedGoalReacher:
 
     ``FixedGoalReacher.make(goal, start, horizon)`` returns the wrapped env; after every
     ``reset`` the target's slide joints are set to ``goal`` and the arm to ``start``
-    (θ₁, θ₂, θ̇₁, θ̇₂). ``env.fingertip_distance`` is the distance after the last step.
+    (θ₁, θ₂, θ̇₁, θ̇₂). ``env.fingertip_distance`` is the fingertip–goal distance now,
+    ``env.episode_end_distance`` the one at the end of the last finished episode (TF-Agents'
+    driver resets the environment right after an episode's last step).
     """
 
     @staticmethod
@@ -200,6 +202,7 @@ class FixedGoalReacher:
                 self.goal = goal
                 self.start = start
                 self.fingertip_distance = float("nan")
+                self.episode_end_distance = float("nan")
 
             def reset(self, **kwargs):
                 super().reset(**kwargs)
@@ -214,6 +217,8 @@ class FixedGoalReacher:
             def step(self, action):
                 out = super().step(action)
                 self.fingertip_distance = self._distance()
+                if out[2] or out[3]:  # the episode ended (a driver may reset right after)
+                    self.episode_end_distance = self.fingertip_distance
                 return out
 
             def _distance(self) -> float:
@@ -600,7 +605,7 @@ class ReacherTask:
         o = self.options
         env = make_reacher_environment(goal_xy, o.start, o.horizon)
         self.real_rollouts(env, learner, params, target, 1)
-        return float(env.gym.fingertip_distance)
+        return float(env.gym.episode_end_distance)
 
     # --- meta-test ------------------------------------------------------------------------------
     def _train_fns(self, meta_loss: keras.Model | None):

@@ -92,7 +92,7 @@ def test_adapter_and_keras_policy_step_like_gymnasium(tiny_task):
     params = FunctionalModel(learner).init_params([3, 4])
     params = [p * 4.0 for p in params]  # large weights: some actions hit the clip bounds
     episodes = tiny_task.real_rollouts(env, learner, params, target, 1)
-    tf_distance = env.gym.fingertip_distance
+    tf_distance = env.gym.episode_end_distance
 
     gym_env = R.FixedGoalReacher.make(goal, horizon=horizon)
     obs, _ = gym_env.reset(seed=0)
