@@ -16,7 +16,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``inverse-dynamics``: docs/results/inverse_dynamics/results.json, by ``python bench/inverse_dynamics.py``;
 * ``classification``: docs/results/classification/*/results.json and
   bench/results/classification.json, written by ``python bench/classification.py``;
-* ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``.
+* ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``;
+* ``reacher``: docs/results/reacher/results.json, written by ``python bench/reacher.py``.
 """
 
 from __future__ import annotations
@@ -317,6 +318,23 @@ def render_transfer() -> str:
     )
 
 
+def render_reacher() -> str:
+    """The table of ``bench/reacher.py`` (imported by path: it imports TF-Agents' bridge first)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_reacher", os.path.join(HERE, "reacher.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    path = "docs/results/reacher/results.json"
+    with open(os.path.join(REPO, path)) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        mod.table(res) + f"\n\nWritten by `{res['command']}` on {m['cpu']} ×{m['cpu_count']} cores, "
+        f"TF {m['tensorflow']} into [{path}]({path}) ({res['wall_seconds']:.0f} s)."
+    )
+
+
 def replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
     if not pattern.search(text):
@@ -356,6 +374,8 @@ def main() -> None:
         text = replace_block(text, "classification", render_classification())
     if os.path.exists(os.path.join(REPO, "bench", "results", "transfer.json")):
         text = replace_block(text, "transfer", render_transfer())
+    if os.path.exists(os.path.join(REPO, "docs", "results", "reacher", "results.json")):
+        text = replace_block(text, "reacher", render_reacher())
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")

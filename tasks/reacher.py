@@ -335,7 +335,7 @@ class ReacherOptions:
     """Options of the reacher task (CLI flags ``--horizon`` …)."""
 
     train_goals: tuple[tuple[float, float], ...] = (AUTHORS_TRAIN_GOAL,)
-    """Fingertip goals (x, y) of meta-training (the authors': one)."""
+    """Fingertip goals (x, y) of meta-training (the authors': one); flat ``x1 y1 x2 y2`` is paired."""
     test_goals: tuple[tuple[float, float], ...] = (AUTHORS_TEST_GOAL, (-0.08, 0.15), (0.15, 0.08))
     """Held-out fingertip goals of meta-test (the authors' test goal first)."""
     horizon: int = 65
@@ -380,6 +380,14 @@ class ReacherOptions:
             raise ValueError(f"start must be 4 finite numbers (θ₁, θ₂, θ̇₁, θ̇₂), got {self.start!r}")
         for name in ("train_goals", "test_goals"):
             goals = getattr(self, name)
+            flat = [g for g in goals if isinstance(g, (int, float))]
+            if goals and len(flat) == len(goals) and len(flat) % 2 == 0:  # CLI: --train-goals x1 y1 x2 y2
+                goals = tuple(zip(flat[::2], flat[1::2], strict=True))
+            try:
+                goals = tuple((float(g[0]), float(g[1])) if len(g) == 2 else tuple(g) for g in goals)
+            except TypeError:
+                raise ValueError(f"{name} must be (x, y) pairs, got {getattr(self, name)!r}") from None
+            object.__setattr__(self, name, goals)
             if not goals:
                 raise ValueError(f"{name} must hold at least one (x, y) goal, got {goals!r}")
             for g in goals:

@@ -207,6 +207,12 @@ def test_bad_options_name_the_argument(options, name):
         R.ReacherOptions(**options)
 
 
+def test_goals_from_the_command_line_are_paired():
+    assert R.ReacherOptions(train_goals=(0.1, 0.05, 0.0, -0.15)).train_goals == ((0.1, 0.05), (0.0, -0.15))
+    with pytest.raises(ValueError, match="test_goals"):
+        R.ReacherOptions(test_goals=(0.1, 0.05, 0.0))
+
+
 def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="observation"):
         R.joint_state(np.zeros(7))
