@@ -36,6 +36,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "InverseDynamicsTask",
         "2-link arm inverse dynamics (paper Fig. 5c): Cholesky inertia model, physics prior extra loss",
     ),
+    "point_mass": (
+        "tasks.point_mass",
+        "PointMassTask",
+        "model-free RL, 2-D point mass to a goal: loss sees (s, a, G, Â, μ_θ, log π_θ), task loss REINFORCE",
+    ),
 }
 
 
