@@ -12,9 +12,22 @@ CORE = [
 ]
 TENSORBOARD = ["tensorboard==2.21.0"]  # only for MetaTrainConfig(tensorboard=True)
 CLASSIFICATION = ["scikit-learn==1.9.1"]  # the digits data set of tasks.classification
+# RL tasks (TF-Agents bridge in tasks/rl_env.py). TF-Agents 0.19 itself pins an old TFP and gym and
+# tf-keras wants `tensorflow` rather than `tensorflow-cpu`, so those two come from
+# requirements-rl.txt with `pip install --no-deps` (README "Reinforcement learning", DESIGN §4).
+# tf_agents' __init__ imports gin, PIL and gym unconditionally; agent.train() needs tensorboard.
+RL = [
+    "tensorflow-probability==0.25.0",
+    "gymnasium[mujoco]==1.4.0",
+    "gin-config==0.5.0",
+    "pillow==13.0.0",
+    "gym==0.23.0",
+    *TENSORBOARD,
+]
 TEST = [
     *TENSORBOARD,
     *CLASSIFICATION,
+    *RL,
     "pytest==9.2.0",
     "nbclient==0.11.0",
     "nbformat==5.11.1",
@@ -35,7 +48,12 @@ setup(
     # The pretrained zoo (LearnedLoss.pretrained): meta-loss files and their manifest.
     package_data={"models": ["pretrained/*.keras", "pretrained/manifest.json"]},
     install_requires=CORE,
-    extras_require={"test": TEST, "tensorboard": TENSORBOARD, "classification": CLASSIFICATION},
+    extras_require={
+        "test": TEST,
+        "tensorboard": TENSORBOARD,
+        "classification": CLASSIFICATION,
+        "rl": RL,
+    },
     entry_points={"console_scripts": ["ml3tf=ml3tf.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -44,6 +44,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Tasks that use TF-Agents: tasks.rl_env is imported before them, so that it can select
+# Keras 2 for tf.keras before TensorFlow is first imported (DESIGN §4).
+_NEEDS_TF_AGENTS: frozenset[str] = frozenset()
+
+
 def names() -> list[str]:
     """Registered task names, sorted."""
     return sorted(_REGISTRY)
@@ -63,6 +68,8 @@ def _entry(name: str) -> tuple[str, str, str]:
 def task_class(name: str) -> type:
     """The task class registered as ``name`` (imports its module)."""
     module, cls, _ = _entry(name)
+    if name in _NEEDS_TF_AGENTS:
+        importlib.import_module("tasks.rl_env")
     return getattr(importlib.import_module(module), cls)
 
 
