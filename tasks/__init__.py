@@ -46,7 +46,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
 
 # Tasks that use TF-Agents: tasks.rl_env is imported before them, so that it can select
 # Keras 2 for tf.keras before TensorFlow is first imported (DESIGN §4).
-_NEEDS_TF_AGENTS: frozenset[str] = frozenset()
+_NEEDS_TF_AGENTS: frozenset[str] = frozenset({"point_mass"})
 
 
 def names() -> list[str]:

@@ -148,7 +148,7 @@ if ENV_ID not in gymnasium.registry:
 def point_mass_step(p: tf.Tensor, action: tf.Tensor, dt: float, position_bound: float) -> tf.Tensor:
     """``p_{t+1} = clip(p_t + dt·clip(a_t, −1, 1), −bound, bound)``, batched ``(…, 2)``."""
     a = tf.clip_by_value(action, -1.0, 1.0)
-    return tf.clip_by_value(p + tf.cast(dt, p.dtype) * a, -position_bound, position_bound)
+    return tf.clip_by_value(p + tf.constant(float(dt), p.dtype) * a, -position_bound, position_bound)
 
 
 def rollout(
@@ -175,7 +175,7 @@ def rollout(
     dtype = noise.dtype
     e, horizon = tf.shape(noise)[0], int(noise.shape[1])
     goal = tf.broadcast_to(tf.cast(goal, dtype), tf.stack([e, 2]))
-    sigma = tf.exp(tf.cast(log_std, dtype))
+    sigma = tf.exp(tf.constant(float(log_std), dtype))
     p = tf.zeros_like(goal)
     obs, acts, rews = [], [], []
     for t in range(horizon):
@@ -192,7 +192,7 @@ def rollout(
 def gaussian_log_prob(action: tf.Tensor, mean: tf.Tensor, log_std: float) -> tf.Tensor:
     """``log N(a; μ, σ²I) = −½‖(a − μ)/σ‖² − d·log σ − (d/2)·log 2π`` over the last axis."""
     d = int(action.shape[-1])
-    log_std = tf.cast(log_std, mean.dtype)
+    log_std = tf.constant(float(log_std), mean.dtype)  # not tf.cast: that rounds to float32 first
     z = (tf.cast(action, mean.dtype) - mean) / tf.exp(log_std)
     return -0.5 * tf.reduce_sum(tf.square(z), -1) - d * log_std - 0.5 * d * math.log(2 * math.pi)
 
@@ -495,14 +495,17 @@ class PointMassTask:
                 dt=o.dt,
                 position_bound=o.position_bound,
             )
-            policy = rl_env.KerasPolicy(
-                learner,
-                tf_env.time_step_spec(),
-                tf_env.action_spec(),
-                params=[tf.constant(p[i]) for p in params],
-                log_std=None,
-            )
-            out.append(float(rl_env.collect_episodes(tf_env, policy, 1)["return"][0]))
+            try:
+                policy = rl_env.KerasPolicy(
+                    learner,
+                    tf_env.time_step_spec(),
+                    tf_env.action_spec(),
+                    params=[tf.constant(p[i]) for p in params],
+                    log_std=None,
+                )
+                out.append(float(rl_env.collect_episodes(tf_env, policy, 1)["return"][0]))
+            finally:
+                tf_env.close()
         return np.asarray(out)
 
     def evaluate(
