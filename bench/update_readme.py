@@ -16,7 +16,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``inverse-dynamics``: docs/results/inverse_dynamics/results.json, by ``python bench/inverse_dynamics.py``;
 * ``classification``: docs/results/classification/*/results.json and
   bench/results/classification.json, written by ``python bench/classification.py``;
-* ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``.
+* ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``;
+* ``model-free``: docs/results/point_mass/results.json, written by ``python bench/model_free.py``.
 """
 
 from __future__ import annotations
@@ -301,6 +302,22 @@ def render_inverse_dynamics() -> str:
     return _render_extra_information("inverse_dynamics")
 
 
+def render_model_free() -> str:
+    import importlib
+
+    sys.path.insert(0, REPO)
+    table = importlib.import_module("bench.model_free").table
+    path = "docs/results/point_mass/results.json"
+    with open(os.path.join(REPO, path)) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        table(res) + f"\n\nWritten by `{res['command']}` on {m['cpu']} ×{m['cpu_count']} cores, "
+        f"TF {m['tensorflow']} into [{path}]({path}) ({res['wall_seconds']:.0f} s: "
+        f"meta-training {res['meta_train_seconds']:.0f} s for {len(res['seeds'])} seeds)."
+    )
+
+
 def render_transfer() -> str:
     import importlib.util
 
@@ -356,6 +373,8 @@ def main() -> None:
         text = replace_block(text, "classification", render_classification())
     if os.path.exists(os.path.join(REPO, "bench", "results", "transfer.json")):
         text = replace_block(text, "transfer", render_transfer())
+    if os.path.exists(os.path.join(REPO, "docs", "results", "point_mass", "results.json")):
+        text = replace_block(text, "model-free", render_model_free())
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")

@@ -297,9 +297,10 @@ class PointMassTask:
 
     def default_config(self) -> MetaTrainConfig:
         # One inner step per meta-step, 4 goals per meta-step; meta Adam 3e-3 (1e-3 learned
-        # much more slowly in a 1000-step probe); meta-test: 20 updates of fresh policies.
+        # much more slowly in a 1000-step probe); SGD lr 0.2 (REINFORCE at 0.05 was far from
+        # its best in bench/model_free.py's sweep); meta-test: 20 updates of fresh policies.
         return MetaTrainConfig(
-            inner_steps=1, inner_lr=0.05, meta_lr=3e-3, meta_steps=2000, meta_batch_size=4, eval_steps=20
+            inner_steps=1, inner_lr=0.2, meta_lr=3e-3, meta_steps=2000, meta_batch_size=4, eval_steps=20
         )
 
     def make_learner(self) -> keras.Model:
@@ -468,12 +469,25 @@ class PointMassTask:
         return cache[key]
 
     def meta_test(
-        self, meta_loss: keras.Model | None, seed: int, split: str, steps: int, learning_rate: float
+        self,
+        meta_loss: keras.Model | None,
+        seed: int,
+        split: str,
+        steps: int,
+        learning_rate: float,
+        init: Sequence[np.ndarray] | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Returns after 0 … N updates ``(G, N + 1)`` and the final θ_N (stacked) of ``split``."""
+        """Returns after 0 … N updates ``(G, N + 1)`` and the final θ_N (stacked) of ``split``.
+
+        ``meta_loss=None`` trains with REINFORCE; ``init`` (one θ₀, e.g. MAML's) replaces the
+        fresh Xavier θ₀ of every goal's policy.
+        """
         goals = self.eval_goals(seed, split)
         noise = self.eval_noise(seed, split, steps)
-        params0 = self.initial_params(seed, len(goals))
+        if init is None:
+            params0 = self.initial_params(seed, len(goals))
+        else:
+            params0 = [tf.stack([tf.convert_to_tensor(p, tf.float32)] * len(goals)) for p in init]
         phi = [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
         fn = self.curve_fn(meta_loss, steps, learning_rate)
         returns, params = fn(params0, tf.constant(goals), tf.constant(noise), phi)
@@ -514,24 +528,38 @@ class PointMassTask:
         config: MetaTrainConfig,
         seeds: list[int],
         steps: int | None = None,
+        initial_params: list | None = None,
     ) -> dict:
         """DESIGN §3 schema: return after each of N updates, learned loss vs REINFORCE, on the
         ``train`` and held-out ``test`` goals; plus ``final_real_env`` (TF-Agents) when
-        ``real_env_check``, with the largest gap to the in-graph returns."""
-        if not meta_losses or len(meta_losses) not in (1, len(seeds)):
-            raise ValueError(
-                f"got {len(meta_losses)} meta-losses for {len(seeds)} seeds: give one, or one per seed"
-            )
+        ``real_env_check``, with the largest gap to the in-graph returns.
+
+        ``initial_params`` (MAML; one θ₀ per seed or one for all): the ``learned`` arm starts
+        from it, and trains with REINFORCE when ``meta_losses`` is empty; the ``baseline``
+        arm is always REINFORCE from a fresh θ₀.
+        """
+        if not meta_losses and initial_params is None:
+            raise ValueError("meta_losses must hold at least one loss network (or give initial_params)")
+        for what, given in (("meta-losses", meta_losses), ("initial_params", initial_params)):
+            if given and len(given) not in (1, len(seeds)):
+                raise ValueError(f"got {len(given)} {what} for {len(seeds)} seeds: give one, or one per seed")
+        if initial_params is not None:
+            shapes = [tuple(s) for s in self._functional().shapes]
+            for init in initial_params:
+                got = [tuple(np.shape(p)) for p in init]
+                if got != shapes:
+                    raise ValueError(f"initial_params shapes {got} do not match the policy's {shapes}")
         steps = config.eval_steps if steps is None else int(steps)
         start = time.perf_counter()
         curves: dict[str, dict[str, list[np.ndarray]]] = {s: {"learned": [], "baseline": []} for s in _SPLITS}
         real: dict[str, dict[str, list[float]]] = {s: {"learned": [], "baseline": []} for s in _SPLITS}
         gap = 0.0
         for i, seed in enumerate(seeds):
-            meta_loss = meta_losses[i if len(meta_losses) > 1 else 0]
+            meta_loss = meta_losses[i if len(meta_losses) > 1 else 0] if meta_losses else None
+            init = None if initial_params is None else initial_params[i if len(initial_params) > 1 else 0]
             for split in _SPLITS:
-                for method, loss in (("learned", meta_loss), ("baseline", None)):
-                    returns, params = self.meta_test(loss, seed, split, steps, config.inner_lr)
+                for method, loss, theta0 in (("learned", meta_loss, init), ("baseline", None, None)):
+                    returns, params = self.meta_test(loss, seed, split, steps, config.inner_lr, theta0)
                     curves[split][method].append(returns.mean(axis=0))
                     if self.options.real_env_check:
                         env_returns = self.real_env_returns(self.eval_goals(seed, split), params)

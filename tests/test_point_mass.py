@@ -131,7 +131,16 @@ def test_meta_gradient_reaches_phi_and_maml_runs():
     maml = ml3tf.MetaTrainer(task, cfg.replace(method="maml"))
     before = [w.copy() for w in maml.learner.get_weights()]
     assert np.isfinite(maml.meta_step(task.sample(0, 0, 2), 0).task_loss)
-    assert any(not np.allclose(a, b) for a, b in zip(before, maml.learner.get_weights(), strict=True))
+    theta0 = maml.learner.get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(before, theta0, strict=True))
+    # meta-test of the MAML θ₀: the learned arm starts there and adapts with REINFORCE
+    res = task.evaluate([], cfg.replace(eval_steps=2), [0], initial_params=[theta0])
+    for split in ("train", "test"):
+        learned, baseline = (res["curves"][split][m]["mean"] for m in ("learned", "baseline"))
+        assert learned[0] != baseline[0] and np.all(np.isfinite(learned + baseline))
+    assert res["real_env_max_abs_gap"] < 1e-4
+    with pytest.raises(ValueError, match="initial_params shapes"):
+        task.evaluate([], cfg, [0], initial_params=[theta0[:-1]])
 
 
 def test_tiny_end_to_end_run_writes_results_with_real_env_returns(tmp_path):
