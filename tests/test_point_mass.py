@@ -215,3 +215,20 @@ def test_bad_environment_input_is_a_clear_value_error():
     env.reset()
     with pytest.raises(ValueError, match="outside the bounds"):
         env.step(np.array([1.5, 0.0], np.float32))
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--env-id", "Nope-v0"], "env_id must be a registered gymnasium environment"),
+        (["--horizon", "0"], "horizon"),
+    ],
+)
+def test_cli_bad_point_mass_options_are_one_line_and_exit_2(tmp_path, capsys, flags, fragment):
+    from ml3tf.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "point_mass", "--out-dir", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("ml3tf: error:") and fragment in err, err
+    assert not out.exists()
