@@ -219,7 +219,9 @@ def main() -> None:
         f.write("\n")
 
     print("ms per meta-step vs meta-batch size (sine family, K=1, median); cost relative to B=1")
-    print(f"{'B':>4} {'loop':>8} {'batched':>9} {'(cost)':>7} {'vmap':>8} {'(cost)':>7} {'XLA':>8} {'(cost)':>7}")
+    head = ("B", "loop", "batched", "(cost)", "vmap", "(cost)", "XLA", "(cost)")
+    widths = (4, 8, 9, 7, 8, 7, 8, 7)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
     for r in batch_rows:
 
         def fmt(v, spec):
@@ -228,8 +230,8 @@ def main() -> None:
         cells = [fmt(r["loop_ms"], ".2f")]
         for key in ("batched", "vectorized", "xla"):
             cells += [fmt(r.get(key + "_ms"), ".2f"), fmt(r.get(key + "_cost_vs_b1"), ".2f") + "×"]
-        b = r["meta_batch_size"]
-        print(f"{b:>4} {cells[0]:>8} {cells[1]:>9} {cells[2]:>7} {cells[3]:>8} {cells[4]:>7} {cells[5]:>8} {cells[6]:>7}")
+        row = (str(r["meta_batch_size"]), *cells)
+        print(" ".join(f"{c:>{w}}" for c, w in zip(row, widths, strict=True)))
     print("\nlong unrolls (sine learner, 100 points; fresh process each)")
     print(f"{'K':>5} {'backprop':>10} {'peak rise MB':>13} {'ms/step':>9}")
     for r in unroll_rows:

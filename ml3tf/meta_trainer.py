@@ -118,9 +118,8 @@ class MetaTrainer:
             self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
             self.learner = task.make_learner()
             self.functional = FunctionalModel(self.learner)
-            self._batched = (
-                BatchedFunctionalModel(self.learner) if BatchedFunctionalModel.supports(self.learner) else None
-            )
+            batchable = BatchedFunctionalModel.supports(self.learner)
+            self._batched = BatchedFunctionalModel(self.learner) if batchable else None
             if config.meta_optimizer == "adam":
                 self.optimizer = keras.optimizers.Adam(config.meta_lr)
             else:

@@ -177,7 +177,8 @@ def test_batched_meta_batch_only_where_it_is_exact():
     cfg = sine.default_config().replace(meta_batch_size=2, meta_steps=2)
     assert MetaTrainer(sine, cfg).batched_meta_batch(sine.sample(0, 0, 2))
     # a learner with its own layers, a task with its own features, an extra loss: no batching
-    for name, changes in (("inverse_dynamics", {}), ("shaped_sine", {}), ("sine", {"extra_loss_weight": 1.0})):
+    cases = (("inverse_dynamics", {}), ("shaped_sine", {}), ("sine", {"extra_loss_weight": 1.0}))
+    for name, changes in cases:
         task = tasks.get(name)
         trainer = MetaTrainer(task, task.default_config().replace(meta_batch_size=2, **changes))
         assert not trainer.batched_meta_batch(task.sample(0, 0, 2)), name
