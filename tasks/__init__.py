@@ -41,12 +41,17 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "InverseDynamicsTask",
         "2-link arm inverse dynamics (paper Fig. 5c): Cholesky inertia model, physics prior extra loss",
     ),
+    "point_mass": (
+        "tasks.point_mass",
+        "PointMassTask",
+        "model-free RL, 2-D point mass to a goal: loss sees (s, a, G, Â, μ_θ, log π_θ), task loss REINFORCE",
+    ),
 }
 
 
 # Tasks that use TF-Agents: tasks.rl_env is imported before them, so that it can select
 # Keras 2 for tf.keras before TensorFlow is first imported (DESIGN §4).
-_NEEDS_TF_AGENTS: frozenset[str] = frozenset({"reacher"})
+_NEEDS_TF_AGENTS: frozenset[str] = frozenset({"point_mass", "reacher"})
 
 
 def names() -> list[str]:

@@ -10,6 +10,7 @@ from ml3tf.meta_trainer import MetaTrainer
 SMALL = {
     "sine": {"n_points": 16},
     "classification": {"learner": "mlp:16:relu", "k_shot": 5, "query_shot": 5},
+    "point_mass": {"horizon": 5, "episodes": 3, "policy_hidden": (8,), "meta_loss_hidden": (16,)},
     "reacher": {
         "horizon": 4,
         "rollout_loop": "python",
