@@ -17,7 +17,10 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``classification``: docs/results/classification/*/results.json and
   bench/results/classification.json, written by ``python bench/classification.py``;
 * ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``;
-* ``mountain-car``: docs/results/mountain_car/results.json, written by ``python bench/mountain_car.py``.
+* ``model-free``: docs/results/point_mass/results.json, written by ``python bench/model_free.py``;
+* ``reacher``: docs/results/reacher/results.json, written by ``python bench/reacher.py``;
+* ``mountain-car``: docs/results/mountain_car/results.json (and mountain_car_1000/), written by
+  ``python bench/mountain_car.py``.
 """
 
 from __future__ import annotations
@@ -145,16 +148,15 @@ def render_bench_scale() -> str:
         f"Measured by `python bench/scale.py` on {m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} "
         f"({_dates(b)}; [bench/results/scale.json](bench/results/scale.json)).",
         "",
-        "| meta-batch B | per-task loop ms/step | vectorised ms/step | cost vs B=1 "
-        "| XLA (`--jit-compile`) ms/step | cost vs B=1 |",
-        "|---|---|---|---|---|---|",
+        "| meta-batch B | per-task loop ms/step | batched parameters ms/step | cost vs B=1 "
+        "| `tf.vectorized_map` ms/step | cost vs B=1 | XLA (`--jit-compile`) ms/step | cost vs B=1 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in b["meta_batch"]:
-        cells = [_num(r.get(k)) for k in ("loop_ms", "vectorized_ms", "vectorized_cost_vs_b1")]
-        cells += [_num(r.get(k)) for k in ("xla_ms", "xla_cost_vs_b1")]
-        lines.append(
-            f"| {r['meta_batch_size']} | {cells[0]} | {cells[1]} | {cells[2]}× | {cells[3]} | {cells[4]}× |"
-        )
+        cells = [_num(r.get("loop_ms"))]
+        for key in ("batched", "vectorized", "xla"):
+            cells += [_num(r.get(key + "_ms")), _num(r.get(key + "_cost_vs_b1")) + "×"]
+        lines.append(f"| {r['meta_batch_size']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| inner steps K | backprop | peak memory rise (MB, incl. tracing) | ms per meta-step |",
@@ -324,6 +326,22 @@ def render_mountain_car() -> str:
     return text
 
 
+def render_model_free() -> str:
+    import importlib
+
+    sys.path.insert(0, REPO)
+    table = importlib.import_module("bench.model_free").table
+    path = "docs/results/point_mass/results.json"
+    with open(os.path.join(REPO, path)) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        table(res) + f"\n\nWritten by `{res['command']}` on {m['cpu']} ×{m['cpu_count']} cores, "
+        f"TF {m['tensorflow']} into [{path}]({path}) ({res['wall_seconds']:.0f} s: "
+        f"meta-training {res['meta_train_seconds']:.0f} s for {len(res['seeds'])} seeds)."
+    )
+
+
 def render_transfer() -> str:
     import importlib.util
 
@@ -337,6 +355,23 @@ def render_transfer() -> str:
         mod.markdown(res)
         + f"\n\nWritten by `python bench/transfer.py` on {m['cpu']} ×{m['cpu_count']} cores, {res['date']} "
         "([bench/results/transfer.json](bench/results/transfer.json))."
+    )
+
+
+def render_reacher() -> str:
+    """The table of ``bench/reacher.py`` (imported by path: it imports TF-Agents' bridge first)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_reacher", os.path.join(HERE, "reacher.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    path = "docs/results/reacher/results.json"
+    with open(os.path.join(REPO, path)) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        mod.table(res) + f"\n\nWritten by `{res['command']}` on {m['cpu']} ×{m['cpu_count']} cores, "
+        f"TF {m['tensorflow']} into [{path}]({path}) ({res['wall_seconds']:.0f} s)."
     )
 
 
@@ -380,6 +415,10 @@ def main() -> None:
         text = replace_block(text, "classification", render_classification())
     if os.path.exists(os.path.join(REPO, "bench", "results", "transfer.json")):
         text = replace_block(text, "transfer", render_transfer())
+    if os.path.exists(os.path.join(REPO, "docs", "results", "point_mass", "results.json")):
+        text = replace_block(text, "model-free", render_model_free())
+    if os.path.exists(os.path.join(REPO, "docs", "results", "reacher", "results.json")):
+        text = replace_block(text, "reacher", render_reacher())
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")

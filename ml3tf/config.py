@@ -19,7 +19,7 @@ BACKPROP_MODES = ("full", "segmented", "truncated")
 #: What the outer loop learns: the loss φ (ML3), the initialisation θ₀ (MAML), or both.
 METHODS = ("ml3", "maml", "ml3+maml")
 
-#: θ₀ of the meta-train learners (``MetaTrainConfig.learner_init``).
+#: How the learner's θ_0 is drawn across meta-steps (``MetaTrainConfig.learner_init``).
 LEARNER_INITS = ("fresh", "fixed")
 
 #: How φ is updated from the inner steps (``MetaTrainConfig.meta_update``).
@@ -104,14 +104,14 @@ class MetaTrainConfig:
     """What is meta-learned: ``ml3`` (the loss φ; learner re-initialised every meta-step), ``maml``
     (the learner's initialisation θ₀, inner steps on the task's baseline loss) or ``ml3+maml`` (both,
     separate outer optimizers)."""
-    learner_init: str = "fresh"
-    """θ₀ of the learners at meta-train time: ``fresh`` (a new Xavier draw every meta-step, the
-    authors' supervised protocol) or ``fixed`` (one draw per seed, reused at every meta-step: the
-    authors' MountainCar, whose policy is never re-initialised)."""
     init_lr: float = 1e-3
     """Meta learning rate of θ₀ (Adam) for ``maml`` and ``ml3+maml``; ``meta_lr`` stays φ's."""
     first_order: bool = False
     """First-order MAML (stop-gradient on the inner gradients); only valid with ``method=maml``."""
+    learner_init: str = "fresh"
+    """θ_0 of the inner steps: ``fresh`` — redrawn for every meta-step and task (default);
+    ``fixed`` — the same draw at every meta-step (one per meta-batch slot, from the seed), the
+    authors' reacher protocol (their policy is reset to one saved initialisation)."""
 
     def __post_init__(self) -> None:
         _at_least("inner_steps", self.inner_steps, 1)
@@ -142,8 +142,6 @@ class MetaTrainConfig:
             raise ValueError(f"unroll_loop must be 'auto', 'python' or 'while', got {self.unroll_loop!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.learner_init not in LEARNER_INITS:
-            raise ValueError(f"learner_init must be one of {LEARNER_INITS}, got {self.learner_init!r}")
         _positive("init_lr", self.init_lr)
         if self.first_order and self.method != "maml":
             # DESIGN §1: φ reaches the task loss only through the inner gradients.
@@ -151,6 +149,8 @@ class MetaTrainConfig:
                 f"first_order=True is only valid with method='maml', got method={self.method!r}: "
                 "stopping the inner gradients would leave the loss network φ without a gradient"
             )
+        if self.learner_init not in LEARNER_INITS:
+            raise ValueError(f"learner_init must be one of {LEARNER_INITS}, got {self.learner_init!r}")
         if self.meta_update not in META_UPDATES:
             raise ValueError(f"meta_update must be one of {META_UPDATES}, got {self.meta_update!r}")
         if self.meta_update == "online" and self.method != "ml3":

@@ -31,6 +31,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "ShapedSineTask",
         "shaped sine (paper Fig. 5a/b): learner sin(ωx), loss sees (x, ŷ, y), extra loss (ω − v)²",
     ),
+    "reacher": (
+        "tasks.reacher",
+        "ReacherTask",
+        "model-based RL on MuJoCo Reacher-v5 (paper MBRL reacher): policy through a learned dynamics model",
+    ),
     "inverse_dynamics": (
         "tasks.inverse_dynamics",
         "InverseDynamicsTask",
@@ -42,12 +47,17 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
         "MountainCar, the authors' physics (paper Fig. 6): policy by backprop through the rollout, "
         "loss sees (s, a, ‖s_T − goal‖), extra loss: swing-back sub-goal",
     ),
+    "point_mass": (
+        "tasks.point_mass",
+        "PointMassTask",
+        "model-free RL, 2-D point mass to a goal: loss sees (s, a, G, Â, μ_θ, log π_θ), task loss REINFORCE",
+    ),
 }
 
 
 # Tasks that use TF-Agents: tasks.rl_env is imported before them, so that it can select
 # Keras 2 for tf.keras before TensorFlow is first imported (DESIGN §4).
-_NEEDS_TF_AGENTS: frozenset[str] = frozenset()
+_NEEDS_TF_AGENTS: frozenset[str] = frozenset({"point_mass", "reacher"})
 
 
 def names() -> list[str]:

@@ -1,7 +1,10 @@
 """`ml3tf` stands alone: it works with gymnasium, TF-Agents and matplotlib absent."""
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 CODE = """
 import sys
@@ -38,3 +41,15 @@ def test_cli_help_does_not_import_tensorflow():
     code = "import sys; from ml3tf.cli import main; main(['--help']); print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_ci_installs_the_rl_stack():
+    """In CI the README's test command must have installed TF-Agents: the RL tests may not skip."""
+    if not os.environ.get("CI"):
+        pytest.skip("outside CI the RL tests skip themselves when TF-Agents is not installed")
+    out = subprocess.run(
+        [sys.executable, "-c", "import tasks.rl_env as r; print(r.import_tf_agents().__name__)"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "tf_agents", out.stderr

@@ -11,6 +11,16 @@ SMALL = {
     "sine": {"n_points": 16},
     "classification": {"learner": "mlp:16:relu", "k_shot": 5, "query_shot": 5},
     "mountain_car": {"horizon": 5, "subgoal_steps": 2, "policy_hidden": 8, "meta_loss_hidden": (16,)},
+    "point_mass": {"horizon": 5, "episodes": 3, "policy_hidden": (8,), "meta_loss_hidden": (16,)},
+    "reacher": {
+        "horizon": 4,
+        "rollout_loop": "python",
+        "babbling_rollouts": 1,
+        "dynamics_hidden": (16, 16),
+        "dynamics_epochs": 3,
+        "policy_hidden": (8,),
+        "meta_loss_hidden": (8, 8),
+    },
 }
 CASES = [(name, "ml3") for name in tasks.names()] + [("sine", "maml"), ("sine", "ml3+maml")]
 

@@ -1,0 +1,747 @@
+"""Model-based ML3 on MuJoCo's reacher (paper §V-B "MBRL reacher"; authors' ``run_mbrl_reacher_exp.py``).
+
+The real environment is gymnasium's ``Reacher-v5`` (MuJoCo), stepped through TF-Agents
+(``tasks.rl_env``: ``GymnasiumEnvironment`` + ``KerasPolicy`` + ``collect_episodes``).
+The authors used a PyBullet reacher; this is the same 2-link planar arm family.
+
+**Joint state from the observation.** Reacher-v5's observation is
+``[cos θ₁, cos θ₂, sin θ₁, sin θ₂, target_x, target_y, θ̇₁, θ̇₂, Δx, Δy]``; the joint state is
+
+    q = [atan2(obs[2], obs[0]), atan2(obs[3], obs[1]), obs[6], obs[7]]      (``joint_state``)
+
+(angles in (−π, π]; a model rollout continues θ₁ unwrapped from there).
+
+**Goals.** A goal is a fingertip position (x, y); the goal joint state q* = (θ₁*, θ₂*, 0, 0)
+comes from the 2-link inverse kinematics with the link lengths read from the MuJoCo model
+(l₁ = body1's offset, l₂ = the fingertip's offset: 0.1 and 0.11 m),
+
+    cos θ₂* = (x² + y² − l₁² − l₂²) / (2 l₁ l₂),  θ₂* = elbow · arccos(·)
+    θ₁*     = atan2(y, x) − atan2(l₂ sin θ₂*, l₁ + l₂ cos θ₂*)
+
+Reacher-v5 draws a random target on every reset; ``FixedGoalReacher`` (a gymnasium
+wrapper) overrides it after each reset: the target's two slide joints (``qpos[2:4]``) are
+set to the goal and the arm to a fixed start state (``qpos[:2]``, ``qvel[:2]``, default 0),
+via ``MujocoEnv.set_state``; the returned observation is recomputed. Every real rollout is
+then deterministic given the policy.
+
+**Learned dynamics.** ``models.dynamics.JointDynamicsModel`` predicts Δq from (q, a); it is
+fitted (``fit_dynamics``, Adam on the normalised Δq) on ``babbling_rollouts`` real rollouts
+of uniform random actions, and refitted every ``refit_every`` meta-steps on all data so far
+plus one real rollout per training goal of the adapted policy θ₁ (as the authors do every
+300 meta-steps). The refit runs between compiled calls of ``MetaTrainer.run_steps``, through
+the generic task hook ``before_meta_steps(trainer, first_step, count)``.
+
+**Meta-train** (per goal; the policy is the learner, re-initialised every meta-step):
+
+    rollout through the model: a_t = clip(π_θ([q_t, q*] / n), −1, 1),  q_{t+1} = q_t + Δq̂(q_t, a_t)
+    loss network features:      [q_t / n_s, a_t, ‖q_T − q*‖]     (7; q_t and the distance detached)
+    θ₁ = θ₀ − α ∇_θ mean_t M_φ(features)                           (1 SGD step, α = 1e-4)
+    L_task(θ₁) = 10 ‖θ_T − θ*‖ + mean_t ‖θ_t − θ*‖ + 1e-4 mean_t ‖θ̇_t‖   (rollout of θ₁ through the model)
+
+with n = (1, 1, 8, 8, 1, 1, 1, 1) the authors' input normalisation (n_s its first four), and
+the policy's state input detached as in the authors' code (the gradient reaches θ through
+the actions and the model).
+
+**Meta-test** (``evaluate``): per seed, a dynamics model fitted on fresh babbling; for each
+goal a fresh policy is trained ``steps`` SGD steps through that model on (a) the learned loss
+at ``inner_lr``, (b) the task cost at ``inner_lr`` (``baseline``, the same optimisation), and
+(c) the task cost at the best learning rate of ``baseline_lrs`` (chosen per seed on the
+training goal by the model-predicted task cost; ``baseline_best_lr``). After every step the
+policy is rolled out in the real MuJoCo environment through TF-Agents; the metric is the
+final fingertip distance to the goal (m). Splits: ``train`` (the meta-training goals) and
+``test`` (held-out goals; the authors' test goal first).
+
+Example:
+    >>> import ml3tf, tasks
+    >>> task = tasks.get("reacher")
+    >>> run = ml3tf.train(task, task.default_config().replace(meta_steps=300), "runs/reacher")
+"""
+
+from __future__ import annotations
+
+# tasks.rl_env first: it sets up TF-Agents' Keras 2 before anything imports TensorFlow.
+import tasks.rl_env as rl_env
+
+# isort: split
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ml3tf.config import MetaTrainConfig
+from ml3tf.evaluation import EVAL_SEED_OFFSET
+from ml3tf.functional import FunctionalModel
+from ml3tf.inner import SGD, inner_step
+from ml3tf.meta_loss import MetaLossNetwork
+from ml3tf.results import summarize
+from ml3tf.task import TaskBatch
+from models.dynamics import JointDynamicsModel
+from models.mlp import make_mlp
+
+log = logging.getLogger("ml3tf")
+
+ENV_ID = "Reacher-v5"
+#: The authors' normalisation of the policy input [q, q*] (velocities / 8).
+POLICY_INPUT_SCALE = (1.0, 1.0, 8.0, 8.0, 1.0, 1.0, 1.0, 1.0)
+#: The authors' training goal and test goal (fingertip x, y in m).
+AUTHORS_TRAIN_GOAL = (0.02534078, 0.19863741)
+AUTHORS_TEST_GOAL = (0.05534078, 0.150863741)
+_BABBLE_STREAM, _REFIT_STREAM = 11, 12
+
+
+# --- geometry ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ArmGeometry:
+    """Link lengths of the reacher's 2-link arm (m)."""
+
+    l1: float = 0.1
+    l2: float = 0.11
+
+    @classmethod
+    def from_mujoco(cls, env: Any) -> ArmGeometry:
+        """Read l₁ (body1's offset from body0) and l₂ (the fingertip's offset from body1)
+        from a gymnasium MuJoCo reacher (wrapped or not)."""
+        u = env.unwrapped
+        body1 = np.asarray(u.model.body("body1").pos)
+        tip = np.asarray(u.model.body("fingertip").pos)
+        return cls(float(np.linalg.norm(body1[:2])), float(np.linalg.norm(tip[:2])))
+
+
+def joint_state(observation: Any) -> np.ndarray:
+    """``q = [θ₁, θ₂, θ̇₁, θ̇₂]`` from Reacher-v5 observations ``(…, 10)`` (module docstring)."""
+    obs = np.asarray(observation, dtype=np.float64)
+    if obs.shape[-1:] != (10,):
+        raise ValueError(f"observation must have a last axis of 10 (Reacher-v5), got shape {obs.shape}")
+    angles = np.arctan2(obs[..., 2:4], obs[..., 0:2])
+    return np.concatenate([angles, obs[..., 6:8]], axis=-1)
+
+
+def joint_state_tf(observation: tf.Tensor) -> tf.Tensor:
+    """``joint_state`` in TensorFlow (for the TF-Agents policy's observation function)."""
+    obs = tf.convert_to_tensor(observation)
+    return tf.concat([tf.atan2(obs[..., 2:4], obs[..., 0:2]), obs[..., 6:8]], axis=-1)
+
+
+def fingertip(q: Any, geometry: ArmGeometry = ArmGeometry()) -> np.ndarray:
+    """Forward kinematics: fingertip (x, y) of joint angles ``q[..., :2]``."""
+    q = np.asarray(q, dtype=np.float64)
+    t1, t12 = q[..., 0], q[..., 0] + q[..., 1]
+    x = geometry.l1 * np.cos(t1) + geometry.l2 * np.cos(t12)
+    y = geometry.l1 * np.sin(t1) + geometry.l2 * np.sin(t12)
+    return np.stack([x, y], axis=-1)
+
+
+def inverse_kinematics(goal: Any, geometry: ArmGeometry = ArmGeometry(), elbow: int = 1) -> np.ndarray:
+    """Joint angles ``(θ₁, θ₂)`` that put the fingertip at ``goal = (x, y)`` (module docstring).
+
+    ``elbow`` = +1 or −1 picks the sign of θ₂ (the two solutions).
+
+    Raises:
+        ValueError: ``goal`` is outside the annulus l₁ − l₂ ≤ ‖goal‖ ≤ l₁ + l₂, or ``elbow`` is not ±1.
+    """
+    if elbow not in (1, -1):
+        raise ValueError(f"elbow must be +1 or -1, got {elbow!r}")
+    g = np.asarray(goal, dtype=np.float64)
+    if g.shape != (2,) or not np.all(np.isfinite(g)):
+        raise ValueError(f"goal must be a finite (x, y) pair, got {goal!r}")
+    l1, l2 = geometry.l1, geometry.l2
+    r2 = float(g @ g)
+    c2 = (r2 - l1**2 - l2**2) / (2 * l1 * l2)
+    if not -1.0 - 1e-9 <= c2 <= 1.0 + 1e-9:
+        raise ValueError(
+            f"goal {tuple(g.tolist())!r} is out of reach: its distance {math.sqrt(r2):.4g} m must lie in "
+            f"[{abs(l1 - l2):.4g}, {l1 + l2:.4g}]"
+        )
+    t2 = elbow * math.acos(min(1.0, max(-1.0, c2)))
+    t1 = math.atan2(g[1], g[0]) - math.atan2(l2 * math.sin(t2), l1 + l2 * math.cos(t2))
+    return np.array([t1, t2])
+
+
+def goal_joint_state(goal: Any, geometry: ArmGeometry = ArmGeometry(), elbow: int = 1) -> np.ndarray:
+    """q* = (θ₁*, θ₂*, 0, 0) for a fingertip goal."""
+    return np.concatenate([inverse_kinematics(goal, geometry, elbow), [0.0, 0.0]])
+
+
+# --- the real environment -------------------------------------------------------------------
+def _wrapper_base() -> type:
+    import gymnasium
+
+    return gymnasium.Wrapper
+
+
+class FixedGoalReacher:
+    """Factory of a gymnasium wrapper around ``Reacher-v5`` with a deterministic goal and start.
+
+    ``FixedGoalReacher.make(goal, start, horizon)`` returns the wrapped env; after every
+    ``reset`` the target's slide joints are set to ``goal`` and the arm to ``start``
+    (θ₁, θ₂, θ̇₁, θ̇₂). ``env.fingertip_distance`` is the fingertip–goal distance now,
+    ``env.episode_end_distance`` the one at the end of the last finished episode (TF-Agents'
+    driver resets the environment right after an episode's last step).
+    """
+
+    @staticmethod
+    def make(goal: Any, start: Any = (0.0, 0.0, 0.0, 0.0), horizon: int = 65) -> Any:
+        import gymnasium
+
+        goal = np.asarray(goal, dtype=np.float64)
+        start = np.asarray(start, dtype=np.float64)
+        if goal.shape != (2,) or start.shape != (4,):
+            raise ValueError(f"goal must be (x, y) and start (θ₁, θ₂, θ̇₁, θ̇₂), got {goal!r}, {start!r}")
+        base = gymnasium.make(ENV_ID, max_episode_steps=int(horizon))
+
+        class _Fixed(_wrapper_base()):
+            def __init__(self, env):
+                super().__init__(env)
+                self.goal = goal
+                self.start = start
+                self.fingertip_distance = float("nan")
+                self.episode_end_distance = float("nan")
+
+            def reset(self, **kwargs):
+                super().reset(**kwargs)
+                u = self.env.unwrapped
+                qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()
+                qpos[:2], qpos[2:4] = self.start[:2], self.goal
+                qvel[:2], qvel[2:] = self.start[2:], 0.0
+                u.set_state(qpos, qvel)
+                self.fingertip_distance = self._distance()
+                return u._get_obs(), {}
+
+            def step(self, action):
+                out = super().step(action)
+                self.fingertip_distance = self._distance()
+                if out[2] or out[3]:  # the episode ended (a driver may reset right after)
+                    self.episode_end_distance = self.fingertip_distance
+                return out
+
+            def _distance(self) -> float:
+                u = self.env.unwrapped
+                return float(np.linalg.norm((u.get_body_com("fingertip") - u.get_body_com("target"))[:2]))
+
+        return _Fixed(base)
+
+
+def make_reacher_environment(goal: Any, start: Any = (0.0,) * 4, horizon: int = 65, seed: int = 0):
+    """A TF-Agents ``GymnasiumEnvironment`` of ``FixedGoalReacher`` (episodes of ``horizon`` steps)."""
+    return rl_env.GymnasiumEnvironment(FixedGoalReacher.make(goal, start, horizon), seed=seed)
+
+
+def transitions(episodes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(q_t, a_t, q_{t+1})`` from ``collect_episodes`` output (consecutive in-episode steps).
+
+    θ differences are wrapped to (−π, π] (an angle may cross ±π between two observations).
+    """
+    q = joint_state(episodes["observation"])  # (E, T, 4)
+    a = np.asarray(episodes["action"], dtype=np.float64)
+    mask = np.asarray(episodes["mask"], dtype=bool)
+    ok = mask[:, :-1] & mask[:, 1:]
+    q0, q1, a0 = q[:, :-1][ok], q[:, 1:][ok], a[:, :-1][ok]
+    delta = q1 - q0
+    delta[:, :2] = np.arctan2(np.sin(delta[:, :2]), np.cos(delta[:, :2]))
+    return q0, a0, q0 + delta
+
+
+def babble(env: Any, rollouts: int, seed: int) -> dict:
+    """``rollouts`` episodes of uniform random actions in [−1, 1]² through TF-Agents.
+
+    ``env`` is a ``GymnasiumEnvironment`` (closed afterwards); returns ``collect_episodes``' dict.
+    """
+    rl_env.import_tf_agents()
+    from tf_agents.environments import tf_py_environment
+    from tf_agents.policies import random_tf_policy
+
+    tf_env = tf_py_environment.TFPyEnvironment(env)
+    tf.random.set_seed(int(seed))  # RandomTFPolicy draws with stateful ops: global + op seed
+    policy = random_tf_policy.RandomTFPolicy(tf_env.time_step_spec(), tf_env.action_spec())
+    try:
+        return rl_env.collect_episodes(tf_env, policy, rollouts)
+    finally:
+        tf_env.close()  # joins TF-Agents' thread pool (and closes ``env``)
+
+
+def fit_dynamics(
+    model: JointDynamicsModel,
+    q: np.ndarray,
+    a: np.ndarray,
+    q_next: np.ndarray,
+    epochs: int = 100,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    fresh_optimizer: bool = False,
+) -> float:
+    """Fit ``model`` to transitions: σ ← std(Δq), then Adam on ``mean ((Δq̂ − Δq) / σ)²``.
+
+    Continues from the model's current weights (a refit) and, unless ``fresh_optimizer``, from the
+    Adam moments of the previous fit; returns the final mini-batch loss. The first call fixes the
+    learning rate (one compiled fit per model).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+    delta = np.asarray(q_next) - np.asarray(q)
+    if not len(delta):
+        raise ValueError("fit_dynamics needs at least one transition")
+    model.set_delta_scale(delta)
+    x = np.concatenate([q, a], -1).astype(np.float32)
+    y = (delta / model.delta_scale.numpy()).astype(np.float32)
+    fit = model.__dict__.get("_ml3tf_fit")
+    if fit is None:
+        opt = keras.optimizers.Adam(learning_rate)
+        opt.build(model.trainable_variables)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, x.shape[1]], tf.float32),
+                tf.TensorSpec([None, y.shape[1]], tf.float32),
+                tf.TensorSpec([None, None], tf.int32),
+            ]
+        )
+        def run(x, y, order):
+            def body(i, total):
+                idx = order[i]
+                xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(tf.square(model.normalized_delta(xb) - yb))
+                grads = tape.gradient(loss, model.trainable_variables)
+                opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+                return i + 1, loss
+
+            _, last = tf.while_loop(lambda i, _: i < tf.shape(order)[0], body, (0, tf.constant(0.0)))
+            return last
+
+        fit = model.__dict__["_ml3tf_fit"] = (opt, run)
+    if fresh_optimizer:
+        for v in fit[0].variables:
+            if not v.path.endswith("learning_rate"):
+                v.assign(tf.zeros_like(v))
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    bs = min(batch_size, n)
+    per_epoch = max(1, n // bs)
+    order = np.stack([rng.permutation(n)[: per_epoch * bs].reshape(per_epoch, bs) for _ in range(epochs)])
+    return float(fit[1](tf.constant(x), tf.constant(y), tf.constant(order.reshape(-1, bs), tf.int32)))
+
+
+# --- the task -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReacherOptions:
+    """Options of the reacher task (CLI flags ``--horizon`` …)."""
+
+    train_goals: tuple[tuple[float, float], ...] = (AUTHORS_TRAIN_GOAL,)
+    """Fingertip goals (x, y) of meta-training (the authors': one); flat ``x1 y1 x2 y2`` is paired."""
+    test_goals: tuple[tuple[float, float], ...] = (AUTHORS_TEST_GOAL, (-0.08, 0.15), (0.15, 0.08))
+    """Held-out fingertip goals of meta-test (the authors' test goal first)."""
+    horizon: int = 65
+    """Steps per rollout (model and real environment)."""
+    start: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    """Start joint state (θ₁, θ₂, θ̇₁, θ̇₂) of every rollout."""
+    elbow: int = 1
+    """Inverse-kinematics solution: sign of θ₂*."""
+    babbling_rollouts: int = 3
+    """Random-action rollouts the dynamics model is first fitted on."""
+    refit_every: int = 300
+    """Refit the dynamics model every N meta-steps on the adapted policy's real rollouts (0: never)."""
+    dynamics_hidden: tuple[int, ...] = (128, 128)
+    """Hidden widths of the dynamics model."""
+    dynamics_epochs: int = 150
+    """Epochs of the first fit (refits: a third of it)."""
+    policy_hidden: tuple[int, ...] = (64, 64)
+    """Hidden widths of the tanh policy (the authors': 64, 64)."""
+    meta_loss_hidden: tuple[int, ...] = (400, 400)
+    """Hidden widths of the ELU loss network (the authors': 400, 400)."""
+    rollout_loop: str = "while"
+    """Rollouts as a ``tf.while_loop`` (small graph, fast to trace) or a ``python`` loop (unrolled)."""
+    baseline_lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    """Learning rates tried for the ``baseline_best_lr`` arm of meta-test."""
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "babbling_rollouts", "dynamics_epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if (
+            isinstance(self.refit_every, bool)
+            or not isinstance(self.refit_every, int)
+            or self.refit_every < 0
+        ):
+            raise ValueError(f"refit_every must be an integer >= 0, got {self.refit_every!r}")
+        if self.elbow not in (1, -1):
+            raise ValueError(f"elbow must be +1 or -1, got {self.elbow!r}")
+        if self.rollout_loop not in ("while", "python"):
+            raise ValueError(f"rollout_loop must be 'while' or 'python', got {self.rollout_loop!r}")
+        if len(self.start) != 4 or not all(math.isfinite(float(s)) for s in self.start):
+            raise ValueError(f"start must be 4 finite numbers (θ₁, θ₂, θ̇₁, θ̇₂), got {self.start!r}")
+        for name in ("train_goals", "test_goals"):
+            goals = getattr(self, name)
+            flat = [g for g in goals if isinstance(g, (int, float))]
+            if goals and len(flat) == len(goals) and len(flat) % 2 == 0:  # CLI: --train-goals x1 y1 x2 y2
+                goals = tuple(zip(flat[::2], flat[1::2], strict=True))
+            try:
+                goals = tuple((float(g[0]), float(g[1])) if len(g) == 2 else tuple(g) for g in goals)
+            except TypeError:
+                raise ValueError(f"{name} must be (x, y) pairs, got {getattr(self, name)!r}") from None
+            object.__setattr__(self, name, goals)
+            if not goals:
+                raise ValueError(f"{name} must hold at least one (x, y) goal, got {goals!r}")
+            for g in goals:
+                try:
+                    inverse_kinematics(g, ArmGeometry(), self.elbow)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        if not self.baseline_lrs or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.baseline_lrs
+        ):
+            raise ValueError(f"baseline_lrs must be positive numbers, got {self.baseline_lrs!r}")
+        if not self.policy_hidden or not self.meta_loss_hidden or not self.dynamics_hidden:
+            raise ValueError("policy_hidden, meta_loss_hidden and dynamics_hidden need at least one layer")
+
+
+class ReacherTask:
+    """Model-based ML3 on the MuJoCo reacher (module docstring)."""
+
+    name = "reacher"
+    metric_name = "final_distance"
+    baseline_name = "task_cost"
+    higher_is_better = False
+    Options = ReacherOptions
+
+    def __init__(self, **options: Any) -> None:
+        self.options = ReacherOptions(**options)
+        o = self.options
+        env = FixedGoalReacher.make(o.train_goals[0], o.start, o.horizon)
+        self.geometry = ArmGeometry.from_mujoco(env)
+        env.close()
+        self.train_targets = np.stack([goal_joint_state(g, self.geometry, o.elbow) for g in o.train_goals])
+        self.test_targets = np.stack([goal_joint_state(g, self.geometry, o.elbow) for g in o.test_goals])
+        self.dynamics = JointDynamicsModel(o.dynamics_hidden)
+        self._dataset: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        #: One record per dynamics fit: ``{"step", "transitions", "loss", "fresh"}`` (fresh: babbling).
+        self.dynamics_log: list[dict] = []
+        self._fitted_seed: int | None = None
+        self._last_refit = -1
+        self.input_scale = tf.constant(POLICY_INPUT_SCALE, tf.float32)
+
+    def describe_options(self) -> dict:
+        return dataclasses.asdict(self.options)
+
+    def default_config(self) -> MetaTrainConfig:
+        return MetaTrainConfig(
+            inner_steps=1,
+            inner_lr=1e-4,
+            meta_lr=1e-2,
+            meta_steps=3000,
+            meta_batch_size=1,
+            steps_per_call=50,
+            checkpoint_every=100,
+            eval_steps=10,
+            eval_jit_compile=False,
+            learner_init="fixed",
+        )
+
+    def make_learner(self) -> keras.Model:
+        return make_mlp(8, self.options.policy_hidden, 2, activation="tanh", name="reacher_policy")
+
+    def make_meta_loss(self) -> keras.Model:
+        return MetaLossNetwork(7, self.options.meta_loss_hidden, activation="elu", use_bias=True)
+
+    # --- data ------------------------------------------------------------------------------
+    def sample(self, seed: int, step: int, batch_size: int) -> TaskBatch:
+        """Goals cycle through ``train_goals``; nothing is random (the policy init is the trainer's)."""
+        n = len(self.train_targets)
+        idx = [(step * batch_size + b) % n for b in range(batch_size)]
+        goal = self.train_targets[idx].astype(np.float32)
+        start = np.tile(np.asarray(self.options.start, np.float32), (batch_size, 1))
+        data = {"goal": goal, "start": start}
+        return TaskBatch(support=data, query=dict(data))
+
+    # --- rollouts through the learned model ------------------------------------------------------
+    def rollout(self, learner: FunctionalModel, params: list, start: tf.Tensor, goal: tf.Tensor):
+        """States ``(T+1, N, 4)`` and actions ``(T, N, 4)`` of the policy through the dynamics model."""
+        goal = tf.reshape(tf.cast(goal, tf.float32), (-1, 4))
+        q = tf.reshape(tf.cast(start, tf.float32), (-1, 4))
+        horizon = self.options.horizon
+
+        def one_step(q):
+            x = tf.concat([tf.stop_gradient(q), goal], -1) / self.input_scale
+            a = tf.clip_by_value(learner(params, x), -1.0, 1.0)
+            return self.dynamics.next_state(q, a), a
+
+        if self.options.rollout_loop == "python":
+            states, actions = [q], []
+            for _ in range(horizon):
+                q, a = one_step(q)
+                states.append(q)
+                actions.append(a)
+            return tf.stack(states), tf.stack(actions)
+        # tf.while_loop: a small graph (fast to trace), differentiable to second order
+        s_arr = tf.TensorArray(tf.float32, size=horizon + 1, element_shape=q.shape).write(0, q)
+        a_arr = tf.TensorArray(tf.float32, size=horizon, element_shape=(q.shape[0], 2))
+
+        def body(t, q, s_arr, a_arr):
+            q, a = one_step(q)
+            return t + 1, q, s_arr.write(t + 1, q), a_arr.write(t, a)
+
+        _, _, s_arr, a_arr = tf.while_loop(
+            lambda t, *_: t < horizon, body, (tf.constant(0), q, s_arr, a_arr), maximum_iterations=horizon
+        )
+        return s_arr.stack(), a_arr.stack()
+
+    def loss_features(self, states: tf.Tensor, actions: tf.Tensor, goal: tf.Tensor) -> tf.Tensor:
+        """``[q_t / n_s, a_t, ‖q_T − q*‖]`` (T·N, 7) with states and the distance detached."""
+        goal = tf.reshape(tf.cast(goal, tf.float32), (-1, 4))
+        s = tf.stop_gradient(states[:-1]) / self.input_scale[:4]
+        dist = tf.stop_gradient(_norm(states[-1] - goal))  # (N,)
+        t = tf.shape(actions)[0]
+        d = tf.tile(dist[None, :, None], [t, 1, 1])
+        return tf.reshape(tf.concat([s, actions, d], -1), (-1, 7))
+
+    def cost(self, states: tf.Tensor, goal: tf.Tensor) -> tf.Tensor:
+        """The authors' task loss ``10‖θ_T − θ*‖ + mean_t ‖θ_t − θ*‖ + 1e-4 mean_t ‖θ̇_t‖`` (mean over N)."""
+        goal = tf.reshape(tf.cast(goal, tf.float32), (-1, 4))
+        err = _norm(states[..., :2] - goal[:, :2])  # (T+1, N)
+        per = 10.0 * err[-1] + tf.reduce_mean(err, 0) + 1e-4 * tf.reduce_mean(_norm(states[..., 2:]), 0)
+        return tf.reduce_mean(per)
+
+    def meta_loss_inputs(self, learner, params, state, data):
+        states, actions = self.rollout(learner, params, data["start"], data["goal"])
+        return self.loss_features(states, actions, data["goal"]), state
+
+    def task_loss(self, learner, params, state, data):
+        states, _ = self.rollout(learner, params, data["start"], data["goal"])
+        return self.cost(states, data["goal"])
+
+    def baseline_inner_loss(self, learner, params, state, data):
+        return self.task_loss(learner, params, state, data), state
+
+    def extra_loss(self, learner, params, state, data, extra):
+        return None
+
+    # --- the learned dynamics model: fitted before, refitted between compiled calls -----------------
+    def fit_babbling(self, seed: int) -> float:
+        """Fresh dynamics weights (from ``seed``) fitted on ``babbling_rollouts`` random rollouts."""
+        o = self.options
+        keras.utils.set_random_seed(seed)
+        fresh = JointDynamicsModel(o.dynamics_hidden)
+        for v, w in zip(self.dynamics.weights, fresh.weights, strict=True):
+            v.assign(w)
+        env = make_reacher_environment(o.train_goals[0], o.start, o.horizon, seed=seed)
+        self._dataset = [transitions(babble(env, o.babbling_rollouts, seed=_BABBLE_STREAM * 1000 + seed))]
+        return self._refit(o.dynamics_epochs, seed, fresh=True)
+
+    def _refit(self, epochs: int, seed: int, fresh: bool = False, step: int = 0) -> float:
+        q, a, q1 = (np.concatenate(parts) for parts in zip(*self._dataset, strict=True))
+        loss = fit_dynamics(self.dynamics, q, a, q1, epochs=epochs, seed=seed, fresh_optimizer=fresh)
+        self.dynamics_log.append({"step": step, "transitions": len(q), "loss": loss, "fresh": fresh})
+        log.info("reacher: dynamics model fitted on %d transitions (loss %.4g)", len(q), loss)
+        return loss
+
+    def before_meta_steps(self, trainer: Any, first_step: int, count: int) -> None:
+        """MetaTrainer hook, run before each compiled chunk of meta-steps.
+
+        At step 0 (or for a new seed) the dynamics model is fitted on fresh babbling; when
+        the chunk contains a multiple of ``refit_every``, the adapted policy θ₁ of every
+        training goal (θ₀ as the trainer draws it at that step) is rolled out in the real
+        environment and the model refitted on all transitions so far.
+        """
+        seed = int(trainer.config.seed)
+        if first_step == 0 or self._fitted_seed != seed:
+            self.fit_babbling(seed)
+            self._fitted_seed, self._last_refit = seed, 0
+            if first_step:
+                log.warning(
+                    "reacher: resumed at step %d with a dynamics model refitted on babbling only", first_step
+                )
+        every = self.options.refit_every
+        if not every:
+            return
+        due = [
+            s
+            for s in range(first_step, first_step + count)
+            if s > 0 and s % every == 0 and s > self._last_refit
+        ]
+        if not due:
+            return
+        step = due[0]
+        batch = self.sample(seed, step, len(self.train_targets))
+        seeds = trainer.init_seeds(step, len(self.train_targets))
+        o = self.options
+        for b in range(len(self.train_targets)):
+            one = batch.task(b)
+            params = trainer.adapt(trainer.functional.init_params(seeds[b]), _tensors(one.support)).params
+            env = make_reacher_environment(o.train_goals[b], o.start, o.horizon, seed=seed)
+            episodes = self.real_rollouts(env, trainer.learner, params, self.train_targets[b], 1)
+            self._dataset.append(transitions(episodes))
+        self._refit(max(1, o.dynamics_epochs // 3), _REFIT_STREAM * 1000 + step, step=step)
+        self._last_refit = step
+
+    # --- the real environment ---------------------------------------------------------------
+    def real_rollouts(self, env: Any, learner: keras.Model, params: list, target: np.ndarray, episodes: int):
+        """Episodes of the policy θ = ``params`` in the real env (a ``GymnasiumEnvironment``, closed
+        afterwards) through a TF-Agents ``KerasPolicy``."""
+        rl_env.import_tf_agents()
+        from tf_agents.environments import tf_py_environment
+
+        tf_env = tf_py_environment.TFPyEnvironment(env)
+        goal = tf.constant(np.asarray(target, np.float32)[None])
+        scale = self.input_scale
+
+        def observation_fn(obs):
+            q = joint_state_tf(tf.cast(obs, tf.float32))
+            return tf.concat([q, tf.broadcast_to(goal, tf.shape(q))], -1) / scale
+
+        policy = rl_env.KerasPolicy(
+            learner,
+            tf_env.time_step_spec(),
+            tf_env.action_spec(),
+            params=[tf.convert_to_tensor(p) for p in params],
+            observation_fn=observation_fn,
+        )
+        try:
+            return rl_env.collect_episodes(tf_env, policy, episodes)
+        finally:
+            tf_env.close()  # joins TF-Agents' thread pool (and closes ``env``)
+
+    def final_distance(self, learner: keras.Model, params: list, goal_xy: Any, target: np.ndarray) -> float:
+        """Fingertip distance to ``goal_xy`` after one real episode of the policy θ = ``params``."""
+        o = self.options
+        env = make_reacher_environment(goal_xy, o.start, o.horizon)
+        self.real_rollouts(env, learner, params, target, 1)
+        return float(env.gym.episode_end_distance)
+
+    # --- meta-test ------------------------------------------------------------------------------
+    def _train_fns(self, meta_loss: keras.Model | None):
+        """Compiled one-step SGD updates ``(θ, goal, φ, lr) ↦ θ'`` on the learned loss / task cost."""
+        cache = self.__dict__.setdefault("_train_fn_cache", {})
+        key = "learned" if meta_loss is not None else "task_cost"
+        if key in cache:
+            return cache[key]
+        functional = FunctionalModel(self.make_learner())
+        start = tf.constant(np.asarray(self.options.start, np.float32))
+        template = meta_loss
+        non_trainable = (
+            [] if template is None else [tf.convert_to_tensor(v) for v in template.non_trainable_variables]
+        )
+
+        @tf.function(reduce_retracing=True)
+        def step(params, goal, phi, lr):
+            def loss_fn(p, s):
+                states, actions = self.rollout(functional, p, start, goal)
+                if template is None:
+                    return self.cost(states, goal), s
+                out, _ = template.stateless_call(
+                    list(phi), non_trainable, self.loss_features(states, actions, goal)
+                )
+                return tf.reduce_mean(out), s
+
+            new, _, _, _ = inner_step(loss_fn, list(params), [], SGD(1.0), SGD(1.0).init(params))
+            # SGD(1.0) then scale: θ' = θ − lr ∇ (lr is a tensor, so one trace serves all rates)
+            return [p - lr * (p - n) for p, n in zip(params, new, strict=True)]
+
+        @tf.function(reduce_retracing=True)
+        def model_cost(params, goal):
+            states, _ = self.rollout(functional, params, start, goal)
+            return self.cost(states, goal)
+
+        cache[key] = (functional, step, model_cost)
+        return cache[key]
+
+    def _train_curve(self, meta_loss, params0, target, lr, steps) -> list[list[tf.Tensor]]:
+        _, step, _ = self._train_fns(meta_loss)
+        phi = [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
+        params = [tf.convert_to_tensor(p) for p in params0]
+        goal = tf.constant(np.asarray(target, np.float32))
+        out = [params]
+        for _ in range(steps):
+            params = step(params, goal, phi, tf.constant(lr, tf.float32))
+            out.append(params)
+        return out
+
+    def evaluate(
+        self,
+        meta_losses: list[keras.Model],
+        config: MetaTrainConfig,
+        seeds: list[int],
+        steps: int | None = None,
+    ) -> dict:
+        """Learned loss vs the task cost (module docstring); DESIGN §3 schema, metric
+        ``final_distance`` (m, real MuJoCo) with the extra method ``baseline_best_lr``."""
+        if not meta_losses or len(meta_losses) not in (1, len(seeds)):
+            raise ValueError(
+                f"got {len(meta_losses)} meta-losses for {len(seeds)} seeds: give one, or one per seed"
+            )
+        steps = config.eval_steps if steps is None else int(steps)
+        t0 = time.perf_counter()
+        o = self.options
+        splits = {"train": (o.train_goals, self.train_targets), "test": (o.test_goals, self.test_targets)}
+        methods = ("learned", "baseline", "baseline_best_lr")
+        curves: dict[str, dict[str, list]] = {s: {m: [] for m in methods} for s in splits}
+        chosen = []
+        for i, seed in enumerate(seeds):
+            meta_loss = meta_losses[i if len(meta_losses) > 1 else 0]
+            self.fit_babbling(EVAL_SEED_OFFSET + seed)
+            self._fitted_seed = None  # meta-training must refit for its own seed
+            functional, _, model_cost = self._train_fns(None)
+            best_lr = self._pick_lr(functional, model_cost, seed, steps)
+            chosen.append(best_lr)
+            for split, (goals, targets) in splits.items():
+                per_method = {m: [] for m in methods}
+                for g, (goal_xy, target) in enumerate(zip(goals, targets, strict=True)):
+                    # learner_init="fixed" (the authors' protocol): the θ₀ of meta-training
+                    init = [seed, 0] if config.learner_init == "fixed" else [seed, EVAL_SEED_OFFSET + g]
+                    params0 = functional.init_params(init)
+                    arms = {
+                        "learned": (meta_loss, config.inner_lr),
+                        "baseline": (None, config.inner_lr),
+                        "baseline_best_lr": (None, best_lr),
+                    }
+                    for method, (loss, lr) in arms.items():
+                        path = self._train_curve(loss, params0, target, lr, steps)
+                        per_method[method].append(
+                            [self.final_distance(functional.model, p, goal_xy, target) for p in path]
+                        )
+                for m in methods:
+                    curves[split][m].append(np.mean(per_method[m], axis=0))
+        res = summarize(
+            task=self.name,
+            metric=self.metric_name,
+            higher_is_better=False,
+            baseline=self.baseline_name,
+            steps=steps,
+            seeds=list(seeds),
+            curves=curves,
+            config=config.to_dict(),
+            wall_seconds=0.0,
+        )
+        res["baseline_best_lr"] = [float(v) for v in chosen]
+        res["task_options"] = self.describe_options()
+        res["wall_seconds"] = time.perf_counter() - t0
+        return res
+
+    def _pick_lr(self, functional: FunctionalModel, model_cost, seed: int, steps: int) -> float:
+        """The rate of ``baseline_lrs`` with the lowest model-predicted task cost on the first training
+        goal after ``steps`` steps (non-finite costs lose)."""
+        params0 = functional.init_params([seed, EVAL_SEED_OFFSET + 999])
+        target = self.train_targets[0]
+        best, best_cost = self.options.baseline_lrs[0], math.inf
+        for lr in self.options.baseline_lrs:
+            final = self._train_curve(None, params0, target, lr, steps)[-1]
+            cost = float(model_cost(final, tf.constant(target, tf.float32)))
+            if math.isfinite(cost) and cost < best_cost:
+                best, best_cost = lr, cost
+        return float(best)
+
+
+def _norm(x: tf.Tensor) -> tf.Tensor:
+    """Euclidean norm over the last axis, smooth at 0."""
+    return tf.sqrt(tf.reduce_sum(tf.square(x), -1) + 1e-12)
+
+
+def _tensors(d: dict) -> dict:
+    return {k: tf.convert_to_tensor(v) for k, v in d.items()}

@@ -1,0 +1,230 @@
+"""Model-based reacher: joint-state mapping, IK, the TF-Agents path, the learned dynamics, a tiny run."""
+
+# tasks.rl_env first: it sets up TF-Agents' Keras 2 before anything imports TensorFlow.
+import tasks.rl_env
+
+# isort: split
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import ml3tf
+import tasks
+from ml3tf.functional import FunctionalModel
+from models.dynamics import JointDynamicsModel
+from tasks import reacher as R
+
+TINY = dict(
+    horizon=6,
+    babbling_rollouts=2,
+    dynamics_hidden=(16, 16),
+    dynamics_epochs=3,
+    policy_hidden=(8,),
+    meta_loss_hidden=(8, 8),
+    refit_every=2,
+    baseline_lrs=(1e-4, 1e-2),
+    test_goals=(R.AUTHORS_TEST_GOAL,),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    return tasks.get("reacher", **TINY)
+
+
+def _set_arm(env, q):
+    u = env.unwrapped
+    qpos, qvel = u.data.qpos.copy(), u.data.qvel.copy()
+    qpos[:2], qvel[:2] = q[:2], q[2:]
+    u.set_state(qpos, qvel)
+    return u._get_obs()
+
+
+def test_joint_state_fingertip_and_ik_match_mujoco():
+    env = R.FixedGoalReacher.make(R.AUTHORS_TEST_GOAL)
+    env.reset(seed=0)
+    geometry = R.ArmGeometry.from_mujoco(env)
+    assert (geometry.l1, geometry.l2) == pytest.approx((0.1, 0.11))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        q = np.concatenate([rng.uniform(-np.pi, np.pi, 1), rng.uniform(-2.9, 2.9, 1), rng.normal(0, 5, 2)])
+        obs = _set_arm(env, q)
+        np.testing.assert_allclose(R.joint_state(obs), q, atol=1e-9)
+        np.testing.assert_allclose(R.joint_state_tf(tf.constant(obs)).numpy(), q, atol=1e-9)
+        tip = env.unwrapped.get_body_com("fingertip")[:2]
+        np.testing.assert_allclose(R.fingertip(q, geometry), tip, atol=1e-9)
+    for goal in [R.AUTHORS_TEST_GOAL, R.AUTHORS_TRAIN_GOAL, (-0.08, 0.15), (0.15, -0.08), (0.0, -0.2)]:
+        for elbow in (1, -1):
+            q = R.goal_joint_state(goal, geometry, elbow)
+            assert np.sign(q[1]) == elbow and q[2:].tolist() == [0.0, 0.0]
+            _set_arm(env, q)
+            tip = env.unwrapped.get_body_com("fingertip")[:2]
+            np.testing.assert_allclose(tip, goal, atol=1e-9)  # MuJoCo's own fingertip at the goal
+    env.close()
+
+
+def test_fixed_goal_wrapper_sets_target_and_start_on_every_reset():
+    env = R.FixedGoalReacher.make((0.1, -0.05), start=(0.3, -0.2, 0.0, 0.0), horizon=4)
+    for seed in (0, 1):
+        obs, _ = env.reset(seed=seed)
+        np.testing.assert_allclose(env.unwrapped.get_body_com("target")[:2], (0.1, -0.05), atol=1e-12)
+        np.testing.assert_allclose(obs[4:6], (0.1, -0.05), atol=1e-12)
+        np.testing.assert_allclose(R.joint_state(obs), (0.3, -0.2, 0.0, 0.0), atol=1e-12)
+        tip = R.fingertip(R.joint_state(obs))
+        assert env.fingertip_distance == pytest.approx(np.linalg.norm(tip - (0.1, -0.05)), abs=1e-9)
+    env.close()
+
+
+def test_adapter_and_keras_policy_step_like_gymnasium(tiny_task):
+    """The TF-Agents path (adapter + KerasPolicy + driver) equals stepping gymnasium by hand."""
+    goal, horizon = R.AUTHORS_TEST_GOAL, 6
+    target = R.goal_joint_state(goal, tiny_task.geometry)
+    env = R.make_reacher_environment(goal, horizon=horizon)
+    assert env.action_spec().shape == (2,)
+    np.testing.assert_allclose(env.action_spec().minimum, -1.0)
+    np.testing.assert_allclose(env.action_spec().maximum, 1.0)
+    assert env.observation_spec().shape == (10,)
+    learner = tiny_task.make_learner()
+    params = FunctionalModel(learner).init_params([3, 4])
+    params = [p * 4.0 for p in params]  # large weights: some actions hit the clip bounds
+    episodes = tiny_task.real_rollouts(env, learner, params, target, 1)
+    tf_distance = env.gym.episode_end_distance
+
+    gym_env = R.FixedGoalReacher.make(goal, horizon=horizon)
+    obs, _ = gym_env.reset(seed=0)
+    scale = np.asarray(R.POLICY_INPUT_SCALE)
+    observations, actions = [], []
+    for _ in range(horizon):
+        x = np.concatenate([R.joint_state(obs), target]) / scale
+        a = np.clip(
+            learner.stateless_call([p.numpy() for p in params], [], x[None].astype("float32"))[0], -1, 1
+        )
+        observations.append(obs)
+        actions.append(np.asarray(a)[0])
+        obs, *_ = gym_env.step(np.asarray(a)[0])
+    mask = np.asarray(episodes["mask"][0], bool)
+    n = int(mask.sum())
+    assert n >= horizon - 1
+    np.testing.assert_allclose(episodes["observation"][0][mask][:n], np.array(observations)[:n], atol=1e-5)
+    np.testing.assert_allclose(episodes["action"][0][mask][:n], np.array(actions)[:n], atol=1e-5)
+    assert np.abs(np.array(actions)).max() == pytest.approx(1.0)  # the clip was exercised
+    assert tf_distance == pytest.approx(gym_env.fingertip_distance, abs=1e-5)
+    gym_env.close()
+
+
+def test_transitions_wrap_angle_differences():
+    q = np.array([[3.1, 0.0, 1.0, 0.0], [-3.1, 0.1, 1.0, 0.0]])
+    obs = np.zeros((1, 2, 10))
+    obs[0, :, 0:2], obs[0, :, 2:4], obs[0, :, 6:8] = np.cos(q[:, :2]), np.sin(q[:, :2]), q[:, 2:]
+    q0, a0, q1 = R.transitions({"observation": obs, "action": np.ones((1, 2, 2)), "mask": np.ones((1, 2))})
+    np.testing.assert_allclose(q1[0] - q0[0], [2 * np.pi - 6.2, 0.1, 0.0, 0.0], atol=1e-9)
+    assert a0.shape == (1, 2)
+
+
+def test_dynamics_fit_reduces_heldout_error():
+    env = R.make_reacher_environment(R.AUTHORS_TRAIN_GOAL, horizon=40)
+    train = R.transitions(R.babble(env, 3, seed=0))
+    test = R.transitions(R.babble(env, 2, seed=1))
+    model = JointDynamicsModel((32, 32))
+
+    def heldout_error():
+        q, a, q1 = test
+        pred = model.next_state(q.astype("float32"), a.astype("float32")).numpy()
+        return np.mean(((pred - q1) / np.std(q1 - q, 0)) ** 2)
+
+    model.set_delta_scale(train[2] - train[0])
+    before = heldout_error()
+    R.fit_dynamics(model, *train, epochs=60, seed=0)
+    after = heldout_error()
+    assert after < 0.5 * before and after < 0.5  # better than predicting Δq = 0 (≈ 1)
+
+
+def test_rollout_loops_agree_and_the_cost_matches_numpy(tiny_task):
+    tiny_task.fit_babbling(0)
+    python_loop = tasks.get("reacher", **{**TINY, "rollout_loop": "python"})
+    python_loop.dynamics = tiny_task.dynamics
+    functional = FunctionalModel(tiny_task.make_learner())
+    params = functional.init_params([0, 1])
+    goal = tf.constant(tiny_task.train_targets[0], tf.float32)
+    start = tf.zeros(4)
+    s1, a1 = tiny_task.rollout(functional, params, start, goal)
+    s2, a2 = python_loop.rollout(functional, params, start, goal)
+    np.testing.assert_allclose(s1.numpy(), s2.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(a1.numpy(), a2.numpy(), rtol=1e-6, atol=1e-6)
+    assert s1.shape == (7, 1, 4) and a1.shape == (6, 1, 2)
+    s, g = s1.numpy()[:, 0], tiny_task.train_targets[0]
+    err = np.linalg.norm(s[:, :2] - g[:2], axis=1)
+    expected = 10 * err[-1] + err.mean() + 1e-4 * np.linalg.norm(s[:, 2:], axis=1).mean()
+    assert float(tiny_task.cost(s1, goal)) == pytest.approx(expected, rel=1e-5)
+    feats = tiny_task.loss_features(s1, a1, goal).numpy()
+    assert feats.shape == (6, 7)
+    np.testing.assert_allclose(feats[:, :4], s[:-1] / (1, 1, 8, 8), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(feats[:, 4:6], a1.numpy()[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(feats[:, 6], np.linalg.norm(s[-1] - g), rtol=1e-5)
+
+
+def test_tiny_end_to_end_run_refits_and_writes_results(tmp_path, tiny_task):
+    cfg = tiny_task.default_config().replace(meta_steps=4, steps_per_call=2, checkpoint_every=2, eval_steps=2)
+    tiny_task.dynamics_log.clear()
+    run = ml3tf.train(tiny_task, cfg, str(tmp_path / "run"))
+    babbled, refit, evaluation = tiny_task.dynamics_log  # meta-train: babbling, refit at step 2; meta-test
+    assert babbled["fresh"] and evaluation["fresh"] and not refit["fresh"]
+    assert refit["step"] == 2 and refit["transitions"] > babbled["transitions"]  # + a real rollout of θ₁
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["task"] == "reacher" and res["metric"] == "final_distance" and res["baseline"] == "task_cost"
+    assert set(res["final"]) == {"train", "test"}
+    for split in ("train", "test"):
+        for method in ("learned", "baseline", "baseline_best_lr"):
+            curve = res["curves"][split][method]["mean"]
+            assert len(curve) == 3 and all(0 <= v < 0.5 for v in curve)
+        # one policy init for all arms (learner_init="fixed"): same distance before any step
+        c = res["curves"][split]
+        assert c["learned"]["mean"][0] == c["baseline"]["mean"][0] == c["baseline_best_lr"]["mean"][0]
+    assert res["baseline_best_lr"][0] in TINY["baseline_lrs"]
+    assert os.path.exists(run.meta_loss_paths[0])
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 4 and all(np.isfinite(s["task_loss"]) for s in steps)
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"horizon": 0}, "horizon"),
+        ({"refit_every": -1}, "refit_every"),
+        ({"train_goals": ((0.5, 0.5),)}, "train_goals"),
+        ({"test_goals": ()}, "test_goals"),
+        ({"elbow": 0}, "elbow"),
+        ({"rollout_loop": "scan"}, "rollout_loop"),
+        ({"baseline_lrs": (0.0,)}, "baseline_lrs"),
+    ],
+)
+def test_bad_options_name_the_argument(options, name):
+    with pytest.raises(ValueError, match=name):
+        R.ReacherOptions(**options)
+
+
+def test_goals_from_the_command_line_are_paired():
+    assert R.ReacherOptions(train_goals=(0.1, 0.05, 0.0, -0.15)).train_goals == ((0.1, 0.05), (0.0, -0.15))
+    with pytest.raises(ValueError, match="test_goals"):
+        R.ReacherOptions(test_goals=(0.1, 0.05, 0.0))
+
+
+def test_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match="observation"):
+        R.joint_state(np.zeros(7))
+    with pytest.raises(ValueError, match="out of reach"):
+        R.inverse_kinematics((0.3, 0.0))
+    with pytest.raises(ValueError, match="goal"):
+        R.inverse_kinematics((np.nan, 0.1))
+    with pytest.raises(ValueError, match="elbow"):
+        R.inverse_kinematics((0.1, 0.1), elbow=2)
+    with pytest.raises(ValueError, match="learner_init"):
+        ml3tf.MetaTrainConfig(learner_init="zero")
+    with pytest.raises(ValueError, match="hidden_units"):
+        JointDynamicsModel(())
+    with pytest.raises(ValueError, match="goal"):
+        R.FixedGoalReacher.make((0.1,))
