@@ -3,8 +3,7 @@
     python bench/scale.py [--repeats 3] [--quick] [--out bench/results/scale.json]
 
 1. Time per meta-step vs meta-batch size B ∈ {1, 4, 16, 64} (sine, family mode, K = 1):
-   batched parameters (the default for Dense learners: ``BatchedFunctionalModel``),
-   ``tf.vectorized_map`` (what other learners get), the per-task loop, and XLA.
+   the vectorised meta-batch (``tf.vectorized_map``, the default) and the per-task loop.
 2. Peak memory and time per meta-step vs inner steps K ∈ {10, 100, 1000} for
    ``backprop`` = full / segmented (S = 25) / truncated (T = 10). Each configuration
    runs in a fresh subprocess; peak memory is the rise of ``ru_maxrss`` over the
@@ -68,8 +67,6 @@ from ml3tf.meta_trainer import MetaTrainer
 task = tasks.get("sine", mode="family", n_points=50)
 cfg = task.default_config().replace(meta_batch_size={b}, steps_per_call=10, **{changes!r})
 trainer = MetaTrainer(task, cfg)
-if {force_map!r}:  # measure tf.vectorized_map, the path of learners that cannot be batched
-    trainer.batched_meta_batch = lambda batch: False
 n = {n}
 trainer.run_steps(0, n)  # trace
 times = []
@@ -124,30 +121,27 @@ def _probe(code: str) -> dict:
 
 def bench_meta_batch(sizes: list[int], repeats: int, quick: bool) -> list[dict]:
     """ms per meta-step per B and mode, each configuration in a fresh process."""
-    modes = {  # name -> (config changes, force tf.vectorized_map)
-        "loop_ms": ({"vectorize_meta_batch": False}, False),
-        "batched_ms": ({"vectorize_meta_batch": True}, False),
-        "vectorized_ms": ({"vectorize_meta_batch": True}, True),
-        # batched parameters under XLA too (learners that cannot be batched loop under
-        # XLA: vectorised second-order steps under XLA were ~300× slower)
-        "xla_ms": ({"jit_compile": True}, False),
+    modes = {
+        "loop_ms": {"vectorize_meta_batch": False},
+        "vectorized_ms": {"vectorize_meta_batch": True},
+        # Under jit_compile ml3tf loops over the tasks (XLA fuses the loop; vectorised
+        # second-order steps under XLA were ~300× slower).
+        "xla_ms": {"jit_compile": True},
     }
     rows = []
     for b in sizes:
         row: dict = {"meta_batch_size": b}
-        for name, (changes, force_map) in modes.items():
+        for name, changes in modes.items():
             if name == "loop_ms" and b > 16:
                 row[name] = None  # tracing a 64-task Python loop alone takes about a minute
                 continue
-            code = BATCH_PROBE.format(
-                repo=REPO, b=b, changes=changes, force_map=force_map, n=10 if quick else 30, repeats=repeats
-            )
+            code = BATCH_PROBE.format(repo=REPO, b=b, changes=changes, n=10 if quick else 30, repeats=repeats)
             res = _probe(code)
             row[name] = res.get("ms")
             if "error" in res:
                 row[name.replace("_ms", "_error")] = res["error"]
         rows.append(row)
-    for key in ("batched_ms", "vectorized_ms", "xla_ms"):
+    for key in ("vectorized_ms", "xla_ms"):
         for row in rows:
             ok = row[key] is not None and rows[0][key] is not None
             row[key.replace("_ms", "_cost_vs_b1")] = row[key] / rows[0][key] if ok else None
@@ -219,19 +213,20 @@ def main() -> None:
         f.write("\n")
 
     print("ms per meta-step vs meta-batch size (sine family, K=1, median); cost relative to B=1")
-    head = ("B", "loop", "batched", "(cost)", "vmap", "(cost)", "XLA", "(cost)")
-    widths = (4, 8, 9, 7, 8, 7, 8, 7)
-    print(" ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
+    print(f"{'B':>4} {'loop':>8} {'vectorized':>11} {'(cost)':>7} {'XLA':>10} {'(cost)':>7}")
     for r in batch_rows:
 
         def fmt(v, spec):
             return "-" if v is None else format(v, spec)
 
-        cells = [fmt(r["loop_ms"], ".2f")]
-        for key in ("batched", "vectorized", "xla"):
-            cells += [fmt(r.get(key + "_ms"), ".2f"), fmt(r.get(key + "_cost_vs_b1"), ".2f") + "×"]
-        row = (str(r["meta_batch_size"]), *cells)
-        print(" ".join(f"{c:>{w}}" for c, w in zip(row, widths, strict=True)))
+        cells = [
+            fmt(r["loop_ms"], ".2f"),
+            fmt(r["vectorized_ms"], ".2f"),
+            fmt(r["vectorized_cost_vs_b1"], ".2f"),
+        ]
+        cells += [fmt(r["xla_ms"], ".2f"), fmt(r["xla_cost_vs_b1"], ".2f")]
+        b = r["meta_batch_size"]
+        print(f"{b:>4} {cells[0]:>8} {cells[1]:>11} {cells[2]:>6}× {cells[3]:>10} {cells[4]:>6}×")
     print("\nlong unrolls (sine learner, 100 points; fresh process each)")
     print(f"{'K':>5} {'backprop':>10} {'peak rise MB':>13} {'ms/step':>9}")
     for r in unroll_rows:

@@ -45,9 +45,9 @@ import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
 from ml3tf.distribute import make_strategy
-from ml3tf.functional import BatchedFunctionalModel, FunctionalModel
+from ml3tf.functional import FunctionalModel
 from ml3tf.inner import inner_step, make_inner_optimizer, unroll
-from ml3tf.task import SupervisedTask, Task, TaskBatch
+from ml3tf.task import Task, TaskBatch
 
 
 class MetaStepInfo(NamedTuple):
@@ -118,8 +118,6 @@ class MetaTrainer:
             self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
             self.learner = task.make_learner()
             self.functional = FunctionalModel(self.learner)
-            batchable = BatchedFunctionalModel.supports(self.learner)
-            self._batched = BatchedFunctionalModel(self.learner) if batchable else None
             if config.meta_optimizer == "adam":
                 self.optimizer = keras.optimizers.Adam(config.meta_lr)
             else:
@@ -169,23 +167,12 @@ class MetaTrainer:
             out += list(self.learner.trainable_variables)
         return out
 
-    def inner_loss_fn(self, data: dict, functional: Any = None, scale: float = 1.0):
-        """``(θ, state) ↦ (scale · mean M_φ(features(f_θ, support)), new_state)``.
+    def inner_loss_fn(self, data: dict):
+        """``(θ, state) ↦ (mean M_φ(features(f_θ, support)), new_state)``.
 
         With ``method=maml`` the inner loss is the task's baseline loss instead
-        (``task.baseline_inner_loss``, e.g. MSE). ``functional`` defaults to the
-        learner's ``FunctionalModel``; ``scale`` (B for a batched meta-batch) turns a
-        mean over B tasks into their sum, so each task's θ gets its own gradient.
+        (``task.baseline_inner_loss``, e.g. MSE).
         """
-        functional = self.functional if functional is None else functional
-        if scale != 1.0:
-            inner = self.inner_loss_fn(data, functional)
-
-            def scaled(params, state):
-                loss, new_state = inner(params, state)
-                return tf.cast(scale, loss.dtype) * loss, new_state
-
-            return scaled
         if not self.config.learns_loss:
             baseline = getattr(self.task, "baseline_inner_loss", None)
             if baseline is None:
@@ -193,26 +180,21 @@ class MetaTrainer:
                     f"method='maml' needs a task with baseline_inner_loss; "
                     f"{getattr(self.task, 'name', self.task)!r} has none"
                 )
-            return lambda params, state: baseline(functional, params, state, data)
+            return lambda params, state: baseline(self.functional, params, state, data)
 
         def loss_fn(params, state):
-            feats, new_state = self.task.meta_loss_inputs(functional, params, state, data)
+            feats, new_state = self.task.meta_loss_inputs(self.functional, params, state, data)
             per_example = self.meta_loss(feats)
             return tf.reduce_mean(per_example), new_state
 
         return loss_fn
 
-    def adapt(
-        self, params0: list, data: dict, state: list | None = None, functional: Any = None, scale: float = 1.0
-    ):
-        """θ_K after ``config.inner_steps`` differentiable steps on the learned loss.
-
-        ``functional`` and ``scale`` as in ``inner_loss_fn`` (the batched meta-batch).
-        """
+    def adapt(self, params0: list, data: dict, state: list | None = None):
+        """θ_K after ``config.inner_steps`` differentiable steps on the learned loss."""
         cfg = self.config
         state = self.functional.state() if state is None else state
         return unroll(
-            self.inner_loss_fn(data, functional, scale),
+            self.inner_loss_fn(data),
             params0,
             self.inner_optimizer,
             cfg.inner_steps,
@@ -265,11 +247,9 @@ class MetaTrainer:
             params0s = init_seeds
         else:
             params0s = self.initial_params(init_seeds)
-        if self.config.vectorize_meta_batch and b > 1 and self.batched_meta_batch(batch):
-            total, lt, le, first = self._batched_objective(batch, params0s)
         # Under XLA the per-task loop is fused anyway, and the vectorised second-order
         # step was measured at ~650 ms per call against ~2 ms looped (bench/scale.py).
-        elif self.config.vectorize_meta_batch and not self.config.jit_compile and b > 1:
+        if self.config.vectorize_meta_batch and not self.config.jit_compile and b > 1:
             stacked = [tf.stack(p) for p in zip(*params0s, strict=True)]
 
             def one(args):
@@ -282,45 +262,6 @@ class MetaTrainer:
             per_task = [self.task_objective(batch.task(i), params0s[i]) for i in range(b)]
             total, lt, le, first = (tf.add_n(list(p)) / b for p in zip(*per_task, strict=True))
         return total, {"task_loss": lt, "extra_loss": le, "learned_loss": first}
-
-    def batched_meta_batch(self, batch: TaskBatch) -> bool:
-        """Whether ``batch`` can run with batched parameters (``BatchedFunctionalModel``).
-
-        That needs a Dense-only learner and a task that sees its data as independent
-        examples: a ``SupervisedTask`` that keeps the base class's ``meta_loss_inputs``,
-        ``task_loss`` and ``baseline_inner_loss``, has ``per_example_mean`` (its
-        ``metric`` and ``baseline_loss`` are means over examples), data ``{x, y}`` only,
-        and no extra loss. Then the B tasks' N examples are one set of B·N examples.
-        """
-        task, cls = self.task, type(self.task)
-        return (
-            self._batched is not None
-            and isinstance(task, SupervisedTask)
-            and getattr(task, "per_example_mean", False)
-            and cls.meta_loss_inputs is SupervisedTask.meta_loss_inputs
-            and cls.task_loss is SupervisedTask.task_loss
-            and cls.baseline_inner_loss is SupervisedTask.baseline_inner_loss
-            and not self.config.extra_loss_weight
-            and set(batch.support) == {"x", "y"} == set(batch.query)
-        )
-
-    def _batched_objective(self, batch: TaskBatch, params0s: list) -> tuple[tf.Tensor, ...]:
-        """The meta-batch as one computation on stacked θ (see ``batched_meta_batch``).
-
-        ``Σ_b L_inner,b`` (the flattened mean times B) gives every θ_b exactly its own
-        task's inner gradient; the flattened mean of the task loss is the mean over
-        tasks, as in the loop (tasks of a meta-batch have equal N).
-        """
-        cfg, b = self.config, batch.batch_size
-        stacked = [tf.stack(p) for p in zip(*params0s, strict=True)]
-
-        def flat(data: dict) -> dict:
-            y = tf.convert_to_tensor(data["y"])
-            return {"x": data["x"], "y": tf.reshape(y, (-1, *y.shape[2:]))}
-
-        res = self.adapt(stacked, flat(batch.support), state=[], functional=self._batched, scale=float(b))
-        lt = self.task.task_loss(self._batched, res.params, res.state, flat(batch.query))
-        return cfg.task_loss_weight * lt, lt, tf.zeros_like(lt), tf.cast(res.first_loss, lt.dtype) / b
 
     def meta_gradient(self, batch: TaskBatch, init_seeds: Any) -> tuple[list, MetaStepInfo]:
         """Gradient of the meta-objective w.r.t. ``meta_variables`` (eager unless called in a graph)."""

@@ -116,10 +116,6 @@ class SupervisedTask:
     """
 
     name = "supervised"
-    # ``metric`` and ``baseline_loss`` are means over examples, so a meta-batch of B tasks
-    # with N examples each can be trained as one set of B·N (MetaTrainer.batched_meta_batch).
-    # A subclass whose losses are not per-example means must set this to False.
-    per_example_mean = True
     metric_name = "mse"
     baseline_name = "mse"
     higher_is_better = False
