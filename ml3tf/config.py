@@ -111,7 +111,7 @@ class MetaTrainConfig:
     learner_init: str = "fresh"
     """θ_0 of the inner steps: ``fresh`` — redrawn for every meta-step and task (default);
     ``fixed`` — the same draw at every meta-step (one per meta-batch slot, from the seed), the
-    authors' reacher protocol (their policy is reset to one saved initialisation)."""
+    authors' MountainCar and reacher protocols (their policy keeps, or is reset to, one θ_0)."""
 
     def __post_init__(self) -> None:
         _at_least("inner_steps", self.inner_steps, 1)
