@@ -133,7 +133,10 @@ def plot_results(results: dict[str, Any], path: str) -> None:
 def format_summary(results: dict[str, Any]) -> str:
     """A few lines: final (and step-1) metric per split, learned vs baseline, mean ± std."""
     lines = [f"{results['task']}: {results['metric']} over seeds {results['seeds']}"]
-    for key, label in (("at_step_1", "after 1 step"), ("final", f"after {results['steps']} steps")):
+    rows = [("at_step_1", "after 1 step"), ("final", f"after {results['steps']} steps")]
+    if results["steps"] == 1:  # the same numbers twice
+        rows = rows[:1]
+    for key, label in rows:
         for split, r in results[key].items():
             lines.append(
                 f"  {split:>5} {label:>16}: learned {r['learned']:.4g} ± {r['learned_std']:.2g}"

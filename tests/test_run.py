@@ -128,3 +128,26 @@ def test_non_finite_step_keeps_last_checkpoint_and_writes_no_loss(tmp_path):
     assert not (out / "results.json").exists()
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.endswith(".index"))
     assert ckpts == ["ckpt-2.index"]
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_summary_shows_step_one_and_the_last_step_once_each(steps):
+    from ml3tf.results import format_summary, summarize
+
+    curve = {"learned": [np.linspace(2.0, 1.0, steps + 1)], "baseline": [np.linspace(2.0, 1.5, steps + 1)]}
+    res = summarize(
+        task="toy",
+        metric="mse",
+        higher_is_better=False,
+        baseline="mse",
+        steps=steps,
+        seeds=[0],
+        curves={"train": curve, "test": curve},
+        config={},
+        wall_seconds=0.0,
+    )
+    lines = format_summary(res).splitlines()[1:]
+    assert len(lines) == (2 if steps == 1 else 4)
+    assert sum("after 1 step:" in line for line in lines) == 2
+    last = [line for line in lines if f"after {steps} steps" in line]
+    assert len(last) == (0 if steps == 1 else 2) and all("learned 1 " in line for line in last)
