@@ -28,6 +28,8 @@ sys.path.insert(0, REPO)
 
 import tasks.rl_env  # noqa: E402, F401  (before TensorFlow: TF-Agents' Keras set-up)
 
+DEFAULT_OUT = os.path.join(REPO, "docs", "results", "reacher")
+
 LABELS = {
     "learned": "ML3 learned loss, φ selected on meta-train (SGD, inner_lr)",
     "learned_final": "ML3 learned loss, last φ (SGD, inner_lr)",
@@ -36,15 +38,26 @@ LABELS = {
 }
 
 
-def run(seeds: list[int], meta_steps: int, meta_lr: float, eval_steps: int | None, out_dir: str) -> dict:
+def run(
+    seeds: list[int],
+    meta_steps: int,
+    meta_lr: float,
+    eval_steps: int | None,
+    out_dir: str,
+    inner_lr: float | None = None,
+    task_options: dict | None = None,
+) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ml3tf
     import tasks
     from bench.sine import machine
     from ml3tf.results import write_results
 
-    task = tasks.get("reacher", refit_every=200)
+    task_options = {"refit_every": 200, **(task_options or {})}
+    task = tasks.get("reacher", **task_options)
     cfg = task.default_config().replace(meta_steps=meta_steps, meta_lr=meta_lr)
+    if inner_lr is not None:
+        cfg = cfg.replace(inner_lr=inner_lr)
     if eval_steps is not None:
         cfg = cfg.replace(eval_steps=eval_steps)
     start = time.perf_counter()
@@ -103,8 +116,15 @@ def run(seeds: list[int], meta_steps: int, meta_lr: float, eval_steps: int | Non
     results["meta_train_seconds"] = train_seconds
     results["eval_seconds"] = eval_seconds
     results["wall_seconds"] = time.perf_counter() - start
-    results["command"] = f"python bench/reacher.py --meta-steps {meta_steps} --meta-lr {meta_lr}" + (
-        f" --eval-steps {eval_steps}" if eval_steps is not None else ""
+    results["command"] = (
+        f"python bench/reacher.py --meta-steps {meta_steps} --meta-lr {meta_lr}"
+        + (f" --eval-steps {eval_steps}" if eval_steps is not None else "")
+        + (f" --inner-lr {inner_lr}" if inner_lr is not None else "")
+        + "".join(
+            f" --{k.replace('_', '-')} {v}" for k, v in task_options.items() if k != "refit_every" or v != 200
+        )
+        + (f" --seeds {' '.join(map(str, seeds))}" if list(seeds) != [0, 1, 2, 3, 4] else "")
+        + (f" --out-dir {os.path.relpath(out_dir, REPO)}" if os.path.abspath(out_dir) != DEFAULT_OUT else "")
     )
     results["machine"] = machine()
     os.makedirs(out_dir, exist_ok=True)
@@ -191,9 +211,20 @@ def main() -> None:
     ap.add_argument("--meta-steps", type=int, default=600)
     ap.add_argument("--meta-lr", type=float, default=1e-3, help="the authors': 1e-2 (collapsed sooner here)")
     ap.add_argument("--eval-steps", type=int, default=None, help="default: the task's (10)")
-    ap.add_argument("--out-dir", default=os.path.join(REPO, "docs", "results", "reacher"))
+    ap.add_argument("--inner-lr", type=float, default=None, help="default: the task's (the authors' 1e-4)")
+    ap.add_argument("--refit-every", type=int, default=200, help="dynamics refit period (0: never)")
+    ap.add_argument("--loss-features", default="absolute", help="absolute (the authors') or goal_relative")
+    ap.add_argument("--meta-loss-output", default="softplus", help="softplus (the authors') or linear")
+    ap.add_argument("--out-dir", default=DEFAULT_OUT)
     args = ap.parse_args()
-    results = run(args.seeds, args.meta_steps, args.meta_lr, args.eval_steps, args.out_dir)
+    options = {"refit_every": args.refit_every}
+    if args.loss_features != "absolute":
+        options["loss_features"] = args.loss_features
+    if args.meta_loss_output != "softplus":
+        options["meta_loss_output"] = args.meta_loss_output
+    results = run(
+        args.seeds, args.meta_steps, args.meta_lr, args.eval_steps, args.out_dir, args.inner_lr, options
+    )
     print(table(results))
     print(f"wrote {args.out_dir}/results.json and results.png ({results['wall_seconds']:.0f} s)")
 

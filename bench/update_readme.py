@@ -19,6 +19,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``;
 * ``model-free``: docs/results/point_mass/results.json, written by ``python bench/model_free.py``;
 * ``reacher``: docs/results/reacher/results.json, written by ``python bench/reacher.py``;
+* ``reacher-goal-relative-linear``: docs/results/reacher_goal_relative_linear/results.json, written by
+  ``python bench/reacher.py --loss-features goal_relative --meta-loss-output linear --out-dir …``;
 * ``mountain-car``: docs/results/mountain_car/results.json (and mountain_car_1000/), written by
   ``python bench/mountain_car.py``.
 """
@@ -359,14 +361,13 @@ def render_transfer() -> str:
     )
 
 
-def render_reacher() -> str:
+def render_reacher(path: str = "docs/results/reacher/results.json") -> str:
     """The table of ``bench/reacher.py`` (imported by path: it imports TF-Agents' bridge first)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_reacher", os.path.join(HERE, "reacher.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    path = "docs/results/reacher/results.json"
     with open(os.path.join(REPO, path)) as f:
         res = json.load(f)
     m = res["machine"]
@@ -420,6 +421,9 @@ def main() -> None:
         text = replace_block(text, "model-free", render_model_free())
     if os.path.exists(os.path.join(REPO, "docs", "results", "reacher", "results.json")):
         text = replace_block(text, "reacher", render_reacher())
+    variant = "docs/results/reacher_goal_relative_linear/results.json"
+    if os.path.exists(os.path.join(REPO, variant)):
+        text = replace_block(text, "reacher-goal-relative-linear", render_reacher(variant))
     with open(README, "w") as f:
         f.write(text)
     print("README.md updated")

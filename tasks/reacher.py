@@ -42,6 +42,10 @@ with n = (1, 1, 8, 8, 1, 1, 1, 1) the authors' input normalisation (n_s its firs
 the policy's state input detached as in the authors' code (the gradient reaches θ through
 the actions and the model).
 
+Beside the authors' protocol (defaults unchanged): ``loss_features="goal_relative"`` replaces
+``q_t / n_s`` in the loss features by ``[wrap(θ_t − θ*), θ̇_t / 8]`` (``wrap`` to (−π, π]), and
+``meta_loss_output="linear"`` drops the softplus of the loss network's output.
+
 **Meta-test** (``evaluate``): per seed, a dynamics model fitted on fresh babbling; for each
 goal a fresh policy is trained ``steps`` SGD steps through that model on (a) the learned loss
 at ``inner_lr``, (b) the task cost at ``inner_lr`` (``baseline``, the same optimisation), and
@@ -360,6 +364,11 @@ class ReacherOptions:
     """Rollouts as a ``tf.while_loop`` (small graph, fast to trace) or a ``python`` loop (unrolled)."""
     baseline_lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
     """Learning rates tried for the ``baseline_best_lr`` arm of meta-test."""
+    loss_features: str = "absolute"
+    """State features of the loss network: ``absolute`` (the authors': ``q_t / n_s``) or
+    ``goal_relative`` (``[wrap(θ_t − θ*), θ̇_t / 8]``: bounded angles, and the goal's direction)."""
+    meta_loss_output: str = "softplus"
+    """Output activation of the loss network (the authors': ``softplus``; or ``linear``)."""
 
     def __post_init__(self) -> None:
         for name in ("horizon", "babbling_rollouts", "dynamics_epochs"):
@@ -374,6 +383,14 @@ class ReacherOptions:
             raise ValueError(f"refit_every must be an integer >= 0, got {self.refit_every!r}")
         if self.elbow not in (1, -1):
             raise ValueError(f"elbow must be +1 or -1, got {self.elbow!r}")
+        if self.loss_features not in ("absolute", "goal_relative"):
+            raise ValueError(
+                f"loss_features must be 'absolute' or 'goal_relative', got {self.loss_features!r}"
+            )
+        if self.meta_loss_output not in ("softplus", "linear"):
+            raise ValueError(
+                f"meta_loss_output must be 'softplus' or 'linear', got {self.meta_loss_output!r}"
+            )
         if self.rollout_loop not in ("while", "python"):
             raise ValueError(f"rollout_loop must be 'while' or 'python', got {self.rollout_loop!r}")
         if len(self.start) != 4 or not all(math.isfinite(float(s)) for s in self.start):
@@ -449,7 +466,13 @@ class ReacherTask:
         return make_mlp(8, self.options.policy_hidden, 2, activation="tanh", name="reacher_policy")
 
     def make_meta_loss(self) -> keras.Model:
-        return MetaLossNetwork(7, self.options.meta_loss_hidden, activation="elu", use_bias=True)
+        return MetaLossNetwork(
+            7,
+            self.options.meta_loss_hidden,
+            activation="elu",
+            use_bias=True,
+            output_activation=self.options.meta_loss_output,
+        )
 
     # --- data ------------------------------------------------------------------------------
     def sample(self, seed: int, step: int, batch_size: int) -> TaskBatch:
@@ -494,9 +517,17 @@ class ReacherTask:
         return s_arr.stack(), a_arr.stack()
 
     def loss_features(self, states: tf.Tensor, actions: tf.Tensor, goal: tf.Tensor) -> tf.Tensor:
-        """``[q_t / n_s, a_t, ‖q_T − q*‖]`` (T·N, 7) with states and the distance detached."""
+        """``[q_t / n_s, a_t, ‖q_T − q*‖]`` (T·N, 7) with states and the distance detached.
+
+        With ``loss_features="goal_relative"`` the state part is ``[wrap(θ_t − θ*), θ̇_t / 8]``
+        (``wrap`` to (−π, π] by ``atan2(sin, cos)``).
+        """
         goal = tf.reshape(tf.cast(goal, tf.float32), (-1, 4))
-        s = tf.stop_gradient(states[:-1]) / self.input_scale[:4]
+        if self.options.loss_features == "goal_relative":
+            d = tf.stop_gradient(states[:-1]) - goal
+            s = tf.concat([tf.atan2(tf.sin(d[..., :2]), tf.cos(d[..., :2])), d[..., 2:] / 8.0], -1)
+        else:
+            s = tf.stop_gradient(states[:-1]) / self.input_scale[:4]
         dist = tf.stop_gradient(_norm(states[-1] - goal))  # (N,)
         t = tf.shape(actions)[0]
         d = tf.tile(dist[None, :, None], [t, 1, 1])

@@ -167,6 +167,33 @@ def test_rollout_loops_agree_and_the_cost_matches_numpy(tiny_task):
     np.testing.assert_allclose(feats[:, 6], np.linalg.norm(s[-1] - g), rtol=1e-5)
 
 
+def test_goal_relative_features_wrap_angles_and_linear_output_is_the_pre_softplus_value():
+    task = tasks.get("reacher", **TINY, loss_features="goal_relative", meta_loss_output="linear")
+    rng = np.random.default_rng(3)
+    states = rng.normal(0.0, 12.0, (5, 2, 4))  # imagined angles far outside (−π, π]
+    actions = rng.uniform(-1, 1, (4, 2, 2))
+    goal = np.array([[0.3, 2.0, 0.0, 0.0], [-1.0, 0.5, 0.0, 0.0]])
+    feats = task.loss_features(tf.constant(states, tf.float32), tf.constant(actions, tf.float32), goal)
+    feats = feats.numpy().reshape(4, 2, 7)
+    d = states[:-1, :, :2] - goal[:, :2]
+    wrapped = (d + np.pi) % (2 * np.pi) - np.pi
+    np.testing.assert_allclose(feats[..., :2], wrapped, atol=1e-4)
+    assert np.all(np.abs(feats[..., :2]) <= np.pi + 1e-6)
+    np.testing.assert_allclose(feats[..., 2:4], states[:-1, :, 2:] / 8.0, rtol=1e-5)
+    np.testing.assert_allclose(feats[..., 4:6], actions, rtol=1e-6)
+    np.testing.assert_allclose(
+        feats[..., 6], np.linalg.norm(states[-1] - goal, axis=-1)[None].repeat(4, 0), rtol=1e-5
+    )
+    linear = task.make_meta_loss()
+    softplus = tasks.get("reacher", **TINY).make_meta_loss()
+    x = tf.constant(feats.reshape(-1, 7), tf.float32)
+    linear(x), softplus(x)
+    softplus.set_weights(linear.get_weights())
+    out = linear(x).numpy()
+    assert linear.output_activation == "linear"
+    np.testing.assert_allclose(np.log1p(np.exp(out)), softplus(x).numpy(), rtol=1e-5)
+
+
 def test_tiny_end_to_end_run_refits_and_writes_results(tmp_path, tiny_task):
     cfg = tiny_task.default_config().replace(meta_steps=4, steps_per_call=2, checkpoint_every=2, eval_steps=2)
     tiny_task.dynamics_log.clear()
@@ -200,6 +227,8 @@ def test_tiny_end_to_end_run_refits_and_writes_results(tmp_path, tiny_task):
         ({"elbow": 0}, "elbow"),
         ({"rollout_loop": "scan"}, "rollout_loop"),
         ({"baseline_lrs": (0.0,)}, "baseline_lrs"),
+        ({"loss_features": "relative"}, "loss_features"),
+        ({"meta_loss_output": "exp"}, "meta_loss_output"),
     ],
 )
 def test_bad_options_name_the_argument(options, name):

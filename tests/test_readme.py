@@ -23,5 +23,13 @@ def test_ci_runs_the_readme_commands():
 def test_readme_numbers_are_generated():
     readme = _read("README.md")
     names = ("sine", "bench-sine", "bench-scale", "keras-learned-loss", "maml-sine", "shaped-sine")
-    for name in (*names, "classification", "transfer", "model-free", "reacher", "mountain-car"):
+    for name in (
+        *names,
+        "classification",
+        "transfer",
+        "model-free",
+        "reacher",
+        "reacher-goal-relative-linear",
+        "mountain-car",
+    ):
         assert f"<!-- generated:{name} -->" in readme and f"<!-- /generated:{name} -->" in readme
