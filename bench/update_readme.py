@@ -280,21 +280,31 @@ def render_maml_sine() -> str:
     )
 
 
-def _render_extra_information(name: str, detail=lambda res: "") -> str:
-    """The table of ``bench/<name>.py`` from ``docs/results/<name>/results.json``."""
+def _bench_module(name: str):
+    """``bench/<name>.py`` as a module (its ``table``/``markdown`` renders its results)."""
     import importlib
 
     sys.path.insert(0, REPO)
-    table = importlib.import_module(f"bench.{name}").table
-    path = f"docs/results/{name}/results.json"
+    return importlib.import_module(f"bench.{name}")
+
+
+def _bench_table(name: str, path: str, command: str | None = None, detail=lambda res: "") -> str:
+    """``bench/<name>.py``'s ``table`` of the results in ``path``, then how, where and on what
+    machine they were written (``command`` defaults to the one the results file records)."""
     with open(os.path.join(REPO, path)) as f:
         res = json.load(f)
     m = res["machine"]
+    command = res["command"] if command is None else command
     return (
-        table(res) + f"\n\nWritten by `python bench/{name}.py` on "
+        _bench_module(name).table(res) + f"\n\nWritten by `{command}` on "
         f"{m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} into [{path}]({path}) "
         f"({res['wall_seconds']:.0f} s{detail(res)})."
     )
+
+
+def _render_extra_information(name: str, detail=lambda res: "") -> str:
+    """The table of ``bench/<name>.py`` from ``docs/results/<name>/results.json``."""
+    return _bench_table(name, f"docs/results/{name}/results.json", f"python bench/{name}.py", detail)
 
 
 def render_shaped_sine() -> str:
@@ -315,42 +325,24 @@ def render_mountain_car() -> str:
     )
     path = "docs/results/mountain_car_1000/results.json"
     if os.path.exists(os.path.join(REPO, path)):
-        import importlib
-
-        table = importlib.import_module("bench.mountain_car").table
         with open(os.path.join(REPO, path)) as f:
-            res = json.load(f)
-        text += (
-            "\n\nThe same with the authors' script length, 1000 meta-steps:\n\n"
-            + table(res)
-            + f"\n\nWritten by `{res['command']} --out-dir docs/results/mountain_car_1000` into "
-            f"[{path}]({path}) ({res['wall_seconds']:.0f} s, {res['date']})."
+            command = json.load(f)["command"] + " --out-dir docs/results/mountain_car_1000"
+        text += "\n\nThe same with the authors' script length, 1000 meta-steps:\n\n" + _bench_table(
+            "mountain_car", path, command, lambda res: f", {res['date']}"
         )
     return text
 
 
 def render_model_free() -> str:
-    import importlib
-
-    sys.path.insert(0, REPO)
-    table = importlib.import_module("bench.model_free").table
-    path = "docs/results/point_mass/results.json"
-    with open(os.path.join(REPO, path)) as f:
-        res = json.load(f)
-    m = res["machine"]
-    return (
-        table(res) + f"\n\nWritten by `{res['command']}` on {m['cpu']} ×{m['cpu_count']} cores, "
-        f"TF {m['tensorflow']} into [{path}]({path}) ({res['wall_seconds']:.0f} s: "
-        f"meta-training {res['meta_train_seconds']:.0f} s for {len(res['seeds'])} seeds)."
+    return _bench_table(
+        "model_free",
+        "docs/results/point_mass/results.json",
+        detail=lambda res: f": meta-training {res['meta_train_seconds']:.0f} s for {len(res['seeds'])} seeds",
     )
 
 
 def render_transfer() -> str:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("transfer", os.path.join(HERE, "transfer.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    mod = _bench_module("transfer")
     with open(os.path.join(REPO, "bench", "results", "transfer.json")) as f:
         res = json.load(f)
     m = res["machine"]
@@ -362,19 +354,8 @@ def render_transfer() -> str:
 
 
 def render_reacher(path: str = "docs/results/reacher/results.json") -> str:
-    """The table of ``bench/reacher.py`` (imported by path: it imports TF-Agents' bridge first)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_reacher", os.path.join(HERE, "reacher.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    with open(os.path.join(REPO, path)) as f:
-        res = json.load(f)
-    m = res["machine"]
-    return (
-        mod.table(res) + f"\n\nWritten by `{res['command']}` on {m['cpu']} ×{m['cpu_count']} cores, "
-        f"TF {m['tensorflow']} into [{path}]({path}) ({res['wall_seconds']:.0f} s)."
-    )
+    """The table of ``bench/reacher.py`` (its import selects TF-Agents' Keras first)."""
+    return _bench_table("reacher", path)
 
 
 def replace_block(text: str, name: str, body: str) -> str:
