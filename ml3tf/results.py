@@ -130,6 +130,30 @@ def plot_results(results: dict[str, Any], path: str) -> None:
             os.unlink(tmp)
 
 
+def summarize_task(
+    task: Any,
+    *,
+    steps: int,
+    seeds: list[int],
+    curves: dict[str, dict[str, list[np.ndarray]]],
+    config: dict[str, Any],
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """``summarize`` with the task's own ``name``, ``metric_name``, ``higher_is_better`` and
+    ``baseline_name`` (what every task's ``evaluate`` reports)."""
+    return summarize(
+        task=task.name,
+        metric=task.metric_name,
+        higher_is_better=task.higher_is_better,
+        baseline=task.baseline_name,
+        steps=steps,
+        seeds=list(seeds),
+        curves=curves,
+        config=config,
+        wall_seconds=wall_seconds,
+    )
+
+
 def format_summary(results: dict[str, Any]) -> str:
     """A few lines: final (and step-1) metric per split, learned vs baseline, mean ± std."""
     lines = [f"{results['task']}: {results['metric']} over seeds {results['seeds']}"]

@@ -60,7 +60,7 @@ from ml3tf.evaluation import EVAL_SEED_OFFSET, make_curve_fn
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import SGD, unroll
 from ml3tf.meta_loss import MetaLossNetwork
-from ml3tf.results import summarize
+from ml3tf.results import summarize_task
 from ml3tf.task import TaskBatch
 from models.mlp import make_mlp
 
@@ -446,13 +446,10 @@ class MountainCarTask:
                     reached = out["max_position"][lo:hi] >= self.options.success_position  # (N, steps+1)
                     success[split][method].append(reached.mean(axis=0))
                     positions[split][method].append(out["positions"][lo:hi].mean(axis=0))
-        res = summarize(
-            task=self.name,
-            metric=self.metric_name,
-            higher_is_better=self.higher_is_better,
-            baseline=self.baseline_name,
+        res = summarize_task(
+            self,
             steps=steps,
-            seeds=list(seeds),
+            seeds=seeds,
             curves=curves,
             config=config.to_dict(),
             wall_seconds=time.perf_counter() - start,

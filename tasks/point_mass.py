@@ -68,7 +68,7 @@ from ml3tf.evaluation import EVAL_SEED_OFFSET
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import SGD
 from ml3tf.meta_loss import MetaLossNetwork
-from ml3tf.results import summarize
+from ml3tf.results import summarize_task
 from ml3tf.task import TaskBatch
 from models.mlp import make_mlp
 
@@ -565,13 +565,10 @@ class PointMassTask:
                         env_returns = self.real_env_returns(self.eval_goals(seed, split), params)
                         real[split][method].append(float(env_returns.mean()))
                         gap = max(gap, float(np.max(np.abs(env_returns - returns[:, -1]))))
-        res = summarize(
-            task=self.name,
-            metric=self.metric_name,
-            higher_is_better=self.higher_is_better,
-            baseline=self.baseline_name,
+        res = summarize_task(
+            self,
             steps=steps,
-            seeds=list(seeds),
+            seeds=seeds,
             curves=curves,
             config=config.to_dict(),
             wall_seconds=time.perf_counter() - start,

@@ -84,7 +84,7 @@ from ml3tf.evaluation import EVAL_SEED_OFFSET
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import SGD, inner_step
 from ml3tf.meta_loss import MetaLossNetwork
-from ml3tf.results import summarize
+from ml3tf.results import summarize_task
 from ml3tf.task import TaskBatch
 from models.dynamics import JointDynamicsModel
 from models.mlp import make_mlp
@@ -739,16 +739,8 @@ class ReacherTask:
                         )
                 for m in methods:
                     curves[split][m].append(np.mean(per_method[m], axis=0))
-        res = summarize(
-            task=self.name,
-            metric=self.metric_name,
-            higher_is_better=False,
-            baseline=self.baseline_name,
-            steps=steps,
-            seeds=list(seeds),
-            curves=curves,
-            config=config.to_dict(),
-            wall_seconds=0.0,
+        res = summarize_task(
+            self, steps=steps, seeds=seeds, curves=curves, config=config.to_dict(), wall_seconds=0.0
         )
         res["baseline_best_lr"] = [float(v) for v in chosen]
         res["task_options"] = self.describe_options()

@@ -39,7 +39,7 @@ from ml3tf.evaluation import make_curve_fn
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import SGD
 from ml3tf.meta_loss import MetaLossNetwork
-from ml3tf.results import summarize
+from ml3tf.results import summarize_task
 from ml3tf.task import SupervisedTask, TaskBatch
 from models.sine_frequency import make_sine_frequency_learner
 
@@ -261,13 +261,10 @@ class ShapedSineTask(SupervisedTask):
                 out = self.meta_test(loss, seed, steps, config.inner_lr)
                 curves[method].append(out["mse"][0])
                 success[method].append(self.success_rate(out["omega"][1:, -1]))
-        res = summarize(
-            task=self.name,
-            metric=self.metric_name,
-            higher_is_better=self.higher_is_better,
-            baseline=self.baseline_name,
+        res = summarize_task(
+            self,
             steps=steps,
-            seeds=list(seeds),
+            seeds=seeds,
             curves={"test": curves},
             config=config.to_dict(),
             wall_seconds=time.perf_counter() - start,
