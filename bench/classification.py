@@ -59,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import ml3tf
-    import tasks
+    from ml3tf import tasks
     from ml3tf.results import atomic_write_text, format_summary
 
     start = time.perf_counter()

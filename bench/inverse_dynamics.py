@@ -33,7 +33,7 @@ LABELS = {"baseline": "MSE", "learned": "ML3, torque MSE task loss", "learned_pr
 def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ml3tf
-    import tasks
+    from ml3tf import tasks
     from ml3tf.results import write_results
 
     task = tasks.get("inverse_dynamics")

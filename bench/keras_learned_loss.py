@@ -52,7 +52,7 @@ def main() -> None:
     import numpy as np
 
     import ml3tf
-    import tasks
+    from ml3tf import tasks
     from ml3tf.evaluation import EVAL_SEED_OFFSET
 
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]

@@ -42,7 +42,7 @@ def sha256(path: str) -> str:
 
 def make(name: str) -> dict:
     import ml3tf
-    import tasks
+    from ml3tf import tasks
 
     task_name, options, seed = RECIPES[name]
     task = tasks.get(task_name, **options)

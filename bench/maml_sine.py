@@ -111,7 +111,7 @@ def learned_params(paths: list[str]) -> list:
 def run_shots(shots: int, seeds: list[int], cfg, tmp: str) -> tuple[dict, dict]:
     """Meta-train every arm for ``shots``; returns (results in the §3 schema, artefacts per arm)."""
     import ml3tf
-    import tasks
+    from ml3tf import tasks
     from ml3tf.meta_loss import load_meta_loss
 
     task = tasks.get("sine", **task_options(shots))
@@ -158,7 +158,7 @@ def run_shots(shots: int, seeds: list[int], cfg, tmp: str) -> tuple[dict, dict]:
 
 def broader(shots: int, seeds: list[int], cfg, artefacts: dict) -> dict:
     """Post-adaptation MSE of every arm on wider task families and another architecture."""
-    import tasks
+    from ml3tf import tasks
 
     rows = {}
     for family, changes in FAMILIES.items():
@@ -214,10 +214,10 @@ def plot_adaptation(path: str, shots: int, cfg, artefacts: dict) -> None:
     import numpy as np
     import tensorflow as tf
 
-    import tasks
+    from ml3tf import tasks
     from ml3tf.functional import FunctionalModel
     from ml3tf.inner import SGD, unroll
-    from tasks.sine import sine
+    from ml3tf.tasks.sine import sine
 
     task = tasks.get("sine", **task_options(shots))
     functional = FunctionalModel(task.make_learner())

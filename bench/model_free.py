@@ -1,4 +1,4 @@
-"""Model-free ML3 on the point mass (``tasks.point_mass``): learned loss vs REINFORCE, 5 seeds.
+"""Model-free ML3 on the point mass (``ml3tf.tasks.point_mass``): learned loss vs REINFORCE, 5 seeds.
 Writes docs/results/point_mass/ (results.json in the DESIGN §3 schema, results.png).
 
     python bench/model_free.py                         # 5 seeds, the task's default protocol
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-import tasks.rl_env  # noqa: F401  (first: selects Keras 2 for tf.keras before TensorFlow, DESIGN §4)
+import ml3tf.tasks.rl_env  # noqa: F401  (first: selects Keras 2 for tf.keras before TensorFlow, DESIGN §4)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -42,7 +42,7 @@ SWEEP_LRS = (0.05, 0.1, 0.2, 0.5, 1.0)
 def run(seeds: list[int], meta_steps: int | None, eval_steps: int, out_dir: str) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ml3tf
-    import tasks
+    from ml3tf import tasks
     from ml3tf.results import plot_results, write_results
 
     task = tasks.get("point_mass")

@@ -8,13 +8,13 @@ Arms, on the authors' physics from the start (−0.55, 0), horizon 35:
 * ``ML3 + extra info``: loss meta-trained with the shaped task loss (sub-goal (−0.947, −0.0055)
   on the first 15 steps), β = 0, γ = 1;
 * ``ML3``: loss meta-trained with the plain task loss mean ‖s_t − s*‖, β = 1, γ = 0;
-* ``iLQR``: tasks.ilqr on the same dynamics and start, open loop, cost Σ_t ‖s_t − s*‖² (every
+* ``iLQR``: ml3tf.tasks.ilqr on the same dynamics and start, open loop, cost Σ_t ‖s_t − s*‖² (every
   state alike, like the task loss) + 1e-4·Σ a²; one run per seed from random initial controls
   (seed 0: zeros); also with the terminal state weighted 10, 30, 100 times (a sweep, reported).
 
 For each seed the meta-train policy θ₀ is trained ``eval_steps`` SGD steps on the learned
 loss alone (the authors' test); fresh policies (``n_test_policies`` per seed) the same. The
-trained ``ML3 + extra info`` policy is then stepped through TF-Agents (``tasks.mountain_car_env``:
+trained ``ML3 + extra info`` policy is then stepped through TF-Agents (``ml3tf.tasks.mountain_car_env``:
 the authors' physics as a gymnasium env → ``GymnasiumEnvironment`` → ``KerasPolicy`` →
 ``collect_episodes``) and compared with the TF rollout; the same policy is also run on gymnasium's
 ``MountainCarContinuous-v0`` (other physics, 999 steps; action ×4 to map ±0.25 onto ±1).
@@ -47,13 +47,13 @@ COLORS = {"ml3_extra": "tab:green", "ml3": "tab:blue", "ilqr": "tab:red"}
 
 def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tasks.rl_env  # before TensorFlow: TF-Agents' Keras 2 for tf.keras
+    import ml3tf.tasks.rl_env  # before TensorFlow: TF-Agents' Keras 2 for tf.keras
 
     # isort: split
     import ml3tf
-    import tasks
-    import tasks.mountain_car_env as mce
+    import ml3tf.tasks.mountain_car_env as mce
     from bench.sine import machine
+    from ml3tf import tasks
 
     task = tasks.get("mountain_car")
     base = task.default_config()

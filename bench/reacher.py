@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-import tasks.rl_env  # noqa: E402, F401  (before TensorFlow: TF-Agents' Keras set-up)
+import ml3tf.tasks.rl_env  # noqa: E402, F401  (before TensorFlow: TF-Agents' Keras set-up)
 
 DEFAULT_OUT = os.path.join(REPO, "docs", "results", "reacher")
 
@@ -49,8 +49,8 @@ def run(
 ) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ml3tf
-    import tasks
     from bench.sine import machine
+    from ml3tf import tasks
     from ml3tf.results import write_results
 
     task_options = {"refit_every": 200, **(task_options or {})}

@@ -35,7 +35,7 @@ MEMORY_PROBE = """
 import os, resource, sys, time, json
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 sys.path.insert(0, {repo!r})
-import tasks
+from ml3tf import tasks
 from ml3tf.meta_trainer import MetaTrainer
 task = tasks.get("sine", n_points=100)
 cfg = task.default_config().replace(inner_steps={k}, backprop={mode!r}, segment_length=25, truncate_steps=10,
@@ -62,7 +62,7 @@ BATCH_PROBE = """
 import os, sys, time, json, statistics
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 sys.path.insert(0, {repo!r})
-import tasks
+from ml3tf import tasks
 from ml3tf.meta_trainer import MetaTrainer
 task = tasks.get("sine", mode="family", n_points=50)
 cfg = task.default_config().replace(meta_batch_size={b}, steps_per_call=10, **{changes!r})
@@ -85,7 +85,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, {repo!r})
-import tasks
+from ml3tf import tasks
 from ml3tf.meta_trainer import MetaTrainer
 task = tasks.get("sine", mode="family", n_points=50)
 out = {{}}

@@ -39,7 +39,7 @@ LABELS = {
 def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ml3tf
-    import tasks
+    from ml3tf import tasks
 
     task = tasks.get("shaped_sine")
     base = task.default_config()

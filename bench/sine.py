@@ -73,7 +73,7 @@ def time_steps(trainer, task, mode: str, steps: int, repeats: int) -> float:
 
 
 def bench_modes(ks: list[int], repeats: int, quick: bool) -> list[dict]:
-    import tasks
+    from ml3tf import tasks
     from ml3tf.meta_trainer import MetaTrainer
 
     task = tasks.get("sine")

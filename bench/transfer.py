@@ -56,7 +56,7 @@ DIGITS_META_LR = dict(meta_lr=1e-2)
 
 def run_task(name: str, seeds: list[int], quick: bool) -> dict:
     import ml3tf
-    import tasks
+    from ml3tf import tasks
     from ml3tf.task import SupervisedTask
 
     if name == "sine":

@@ -4,7 +4,8 @@
     outer:  φ  ← φ − η ∇_φ L_T(y, f_θ'(x))             (through the K steps)
 
 Example:
-    >>> import ml3tf, tasks
+    >>> import ml3tf
+    >>> from ml3tf import tasks
     >>> task = tasks.get("sine")
     >>> run = ml3tf.train(task, task.default_config(), out_dir="runs/sine", seeds=[0, 1, 2, 3, 4])
     >>> run.results["final"]["test"]

@@ -113,7 +113,7 @@ def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[
     groups: dict[str, list[str]] = {}
     task_cls = None
     if task_name is not None:
-        import tasks
+        from ml3tf import tasks
 
         task_cls = tasks.task_class(task_name)  # ValueError on unknown names
 
@@ -216,7 +216,7 @@ def _main(argv: list[str]) -> int:
     if args.command == "export":
         return _export(args)
 
-    import tasks
+    from ml3tf import tasks
 
     if args.command == "tasks":
         for name in tasks.names():

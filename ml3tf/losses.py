@@ -32,7 +32,7 @@ from ml3tf.meta_loss import load_meta_loss
 KINDS = ("regression", "classification")
 
 #: Where ``LearnedLoss.pretrained`` looks: ``models/pretrained/`` of the installed ``models`` package.
-ZOO_PACKAGE, ZOO_FOLDER, ZOO_MANIFEST = "models", "pretrained", "manifest.json"
+ZOO_PACKAGE, ZOO_FOLDER, ZOO_MANIFEST = "ml3tf.models", "pretrained", "manifest.json"
 
 
 def encode_weights(arrays: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -317,7 +317,7 @@ def file_sha256(path: str) -> str:
 
 
 def zoo_dir() -> str:
-    """``models/pretrained`` of the importable ``models`` package (found without importing it)."""
+    """``pretrained/`` of the installed ``ml3tf.models`` package (found without importing it)."""
     spec = importlib.util.find_spec(ZOO_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"the pretrained zoo needs the {ZOO_PACKAGE!r} package (pip install ml3tf)")

@@ -86,7 +86,8 @@ class MetaTrainer:
             names (``ml3tf.distribute.make_strategy``).
 
     Example:
-        >>> import ml3tf, tasks
+        >>> import ml3tf
+        >>> from ml3tf import tasks
         >>> task = tasks.get("sine")
         >>> trainer = ml3tf.MetaTrainer(task, task.default_config().replace(meta_steps=10))
         >>> info = trainer.step(task.sample(seed=0, step=0, batch_size=1), step=0)

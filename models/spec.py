@@ -2,8 +2,8 @@
 
 Grammar::
 
-    lenet[:ACTIVATION]                 the LeNet-style conv net (models.lenet)
-    mlp:W1-W2-…[:ACTIVATION]           an MLP with hidden widths W1, W2, … (models.mlp)
+    lenet[:ACTIVATION]                 the LeNet-style conv net (ml3tf.models.lenet)
+    mlp:W1-W2-…[:ACTIVATION]           an MLP with hidden widths W1, W2, … (ml3tf.models.mlp)
 
 ACTIVATION is any Keras activation name (default ``relu``). "Layers" counts the
 dense layers including the output: ``mlp:40`` has 2, ``mlp:40-40-40-40`` has 5.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import keras
 
-from models.lenet import make_lenet
-from models.mlp import make_mlp
+from ml3tf.models.lenet import make_lenet
+from ml3tf.models.mlp import make_mlp
 
 
 @dataclass(frozen=True)

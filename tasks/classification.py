@@ -25,7 +25,8 @@ task loss (cross-entropy, the differentiable meta-objective) is measured on
 accuracy (``eval_metric``); ``results["loss"]`` adds cross-entropy curves.
 
 Example:
-    >>> import ml3tf, tasks
+    >>> import ml3tf
+    >>> from ml3tf import tasks
     >>> task = tasks.get("classification", learner="mlp:64:relu")
     >>> run = ml3tf.train(task, task.default_config(), out_dir="runs/digits")
 """
@@ -44,8 +45,8 @@ import tensorflow as tf
 
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.meta_trainer import MetaTrainConfig
+from ml3tf.models.spec import build_learner, parse_learner_spec
 from ml3tf.task import SupervisedTask, TaskBatch
-from models.spec import build_learner, parse_learner_spec
 
 _TRAIN_STREAM, _TEST_STREAM, _TRAIN_EVAL_STREAM, _SPLIT_STREAM = 0, 1, 2, 3
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")

@@ -11,7 +11,7 @@ Iᵢ = mᵢlᵢ²/12 about it; joint angles q₁ from the horizontal, q₂ relat
     g(q) = [(m₁lc₁ + m₂l₁) g₀ cos q₁ + m₂lc₂ g₀ cos(q₁+q₂),  m₂lc₂ g₀ cos(q₁+q₂)]
 
 Data (q, q̇, q̈, u) come from random smooth trajectories qⱼ(t) = Σₕ Aⱼₕ sin(ωⱼₕ t + ϕⱼₕ).
-The learner is a Cholesky-factored inertia model M_θ(q) (``models.inertia``) predicting
+The learner is a Cholesky-factored inertia model M_θ(q) (``ml3tf.models.inertia``) predicting
 û = M_θ(q) q̈ + F(q, q̇) from the inputs ``x = [q, q̈, F]`` (F is known; the inertia is
 what is learned). The loss network sees (û, u) (4 features).
 
@@ -26,7 +26,8 @@ trajectory with the learned loss or MSE; torque MSE and inertia error measured o
 ``n_heldout`` other trajectories.
 
 Example:
-    >>> import ml3tf, tasks
+    >>> import ml3tf
+    >>> from ml3tf import tasks
     >>> task = tasks.get("inverse_dynamics")
     >>> cfg = task.default_config().replace(extra_loss_weight=1.0)   # with the physics prior
     >>> run = ml3tf.train(task, cfg, out_dir="runs/inverse_dynamics")
@@ -49,9 +50,9 @@ from ml3tf.evaluation import EVAL_SEED_OFFSET, make_curve_fn
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import SGD
 from ml3tf.meta_loss import MetaLossNetwork
+from ml3tf.models.inertia import make_inertia_learner
 from ml3tf.results import summarize
 from ml3tf.task import SupervisedTask, TaskBatch
-from models.inertia import make_inertia_learner
 
 _TRAIN_STREAM, _EVAL_STREAM = 0, 1
 

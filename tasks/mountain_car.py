@@ -36,7 +36,8 @@ uses the true derivative of the clipped map (zero where a bound is active). The
 policy's own action clamp has the true (zero outside) derivative, as theirs.
 
 Example:
-    >>> import ml3tf, tasks
+    >>> import ml3tf
+    >>> from ml3tf import tasks
     >>> task = tasks.get("mountain_car")
     >>> cfg = task.default_config().replace(task_loss_weight=0.0, extra_loss_weight=1.0)
     >>> run = ml3tf.train(task, cfg, out_dir="runs/mountain_car", seeds=[0, 1, 2, 3, 4])
@@ -60,9 +61,9 @@ from ml3tf.evaluation import EVAL_SEED_OFFSET, make_curve_fn
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import SGD, unroll
 from ml3tf.meta_loss import MetaLossNetwork
+from ml3tf.models.mlp import make_mlp
 from ml3tf.results import summarize_task
 from ml3tf.task import TaskBatch
-from models.mlp import make_mlp
 
 # --- the authors' physics ---------------------------------------------------------------
 MASS = 0.2
@@ -475,14 +476,14 @@ class MountainCarTask:
 
     # --- the iLQR baseline ----------------------------------------------------------------
     def ilqr_baseline(self, iterations: int = 100, u_init: np.ndarray | None = None, **kwargs: Any) -> dict:
-        """iLQR (``tasks.ilqr``) on the same dynamics from the same start, open loop.
+        """iLQR (``ml3tf.tasks.ilqr``) on the same dynamics from the same start, open loop.
 
         Cost: ``state_weight``·Σ_{t<T} ‖s_t − s*‖² + ``terminal_weight``·‖s_T − s*‖²
         + ``action_weight``·Σ a_t²; the defaults (1, 1, 1e-4) weigh every state alike, the
         quadratic analogue of the task loss mean_t ‖s_t − s*‖. Other ``kwargs`` go to
-        ``tasks.ilqr.ilqr``. Returns ``{"states" (T+1, 2), "actions" (T,), "costs"}``.
+        ``ml3tf.tasks.ilqr.ilqr``. Returns ``{"states" (T+1, 2), "actions" (T,), "costs"}``.
         """
-        from tasks.ilqr import ilqr, quadratic_cost
+        from ml3tf.tasks.ilqr import ilqr, quadratic_cost
 
         o = self.options
         weights = {"state_weight": 1.0, "terminal_weight": 1.0, "action_weight": 1e-4}

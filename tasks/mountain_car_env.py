@@ -1,9 +1,9 @@
 """The authors' MountainCar as a real environment, stepped through TF-Agents.
 
 ``AuthorsMountainCarEnv`` is a ``gymnasium.Env`` of exactly the physics of
-``tasks.mountain_car.step_numpy`` (start (−0.55, 0), 35 steps, reward −‖s − s*‖ per
+``ml3tf.tasks.mountain_car.step_numpy`` (start (−0.55, 0), 35 steps, reward −‖s − s*‖ per
 step, ``terminated`` never — the car may pass p = 0.5 and stay clipped there, as in
-the authors' simulation); ``tasks.rl_env.GymnasiumEnvironment`` makes it a TF-Agents
+the authors' simulation); ``ml3tf.tasks.rl_env.GymnasiumEnvironment`` makes it a TF-Agents
 ``PyEnvironment``. ``run_policy`` rolls a policy (its Keras network and parameters θ)
 out through ``KerasPolicy`` + ``collect_episodes``: the confirmation that the
 policy trained by back-propagating through the TensorFlow rollout does the same in
@@ -11,16 +11,16 @@ the environment. ``run_policy`` also accepts gymnasium's ``MountainCarContinuous
 (other physics: force 0.0015·a with a ∈ [−1, 1], gravity 0.0025·cos 3p, no friction,
 999 steps), with the policy's action mapped by ``action_scale``.
 
-Importing this module imports TF-Agents (through ``tasks.rl_env``, first).
+Importing this module imports TF-Agents (through ``ml3tf.tasks.rl_env``, first).
 
 Example:
-    >>> import tasks.mountain_car_env as mce
+    >>> import ml3tf.tasks.mountain_car_env as mce
     >>> out = mce.run_policy(policy_network, params)         # {"states", "actions", "return"}
 """
 
 from __future__ import annotations
 
-import tasks.rl_env as rl_env  # first: selects Keras 2 for tf.keras before TensorFlow
+import ml3tf.tasks.rl_env as rl_env  # first: selects Keras 2 for tf.keras before TensorFlow
 
 # isort: split
 
@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tasks.mountain_car import (
+from ml3tf.tasks.mountain_car import (
     GOAL,
     MAX_ACTION,
     MAX_POSITION,

@@ -7,7 +7,7 @@ TensorFlow, batched, in ``point_mass_step`` / ``rollout``):
     observation s_t = [p_t, g] (4 numbers),   reward r_t = −‖p_{t+1} − g‖,   t = 0 … T−1
 
 **Learner**: a Gaussian policy π_θ(a|s) = N(μ_θ(s), σ²I) with μ_θ an MLP 4 → hidden → 2
-(``models.mlp.make_mlp``, tanh) and σ = exp(``log_std``) fixed. A rollout of E episodes draws
+(``ml3tf.models.mlp.make_mlp``, tanh) and σ = exp(``log_std``) fixed. A rollout of E episodes draws
 a_t = μ_θ(s_t) + σ ε_t, with ε read from the ``TaskBatch`` (drawn with numpy in ``sample``:
 the same numbers in eager, graph and XLA runs; the rollout itself runs inside the graph).
 Return-to-go G_t = Σ_{t'≥t} r_{t'}; advantage Â_t = G_t − mean_e G_t (a per-step baseline
@@ -39,10 +39,11 @@ arms) is trained for N = ``eval_steps`` SGD updates at ``inner_lr``, each update
 rollouts (the same noise for both arms), on the learned loss or on REINFORCE; the metric is
 the return of the deterministic policy μ_θ after each update ("return", higher is better).
 The final returns are measured again in the real gymnasium environment through TF-Agents
-(``tasks.rl_env``: adapter, ``KerasPolicy``, ``collect_episodes``).
+(``ml3tf.tasks.rl_env``: adapter, ``KerasPolicy``, ``collect_episodes``).
 
 Example:
-    >>> import ml3tf, tasks
+    >>> import ml3tf
+    >>> from ml3tf import tasks
     >>> task = tasks.get("point_mass")
     >>> run = ml3tf.train(task, task.default_config(), out_dir="runs/point_mass", seeds=[0, 1])
     >>> run.results["final"]["test"]   # return after N updates: learned vs reinforce
@@ -68,9 +69,9 @@ from ml3tf.evaluation import EVAL_SEED_OFFSET
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import SGD
 from ml3tf.meta_loss import MetaLossNetwork
+from ml3tf.models.mlp import make_mlp
 from ml3tf.results import summarize_task
 from ml3tf.task import TaskBatch
-from models.mlp import make_mlp
 
 ENV_ID = "ml3tf/PointMass-v0"
 OBS_DIM, ACT_DIM, N_FEATURES = 4, 2, 11
@@ -495,8 +496,8 @@ class PointMassTask:
 
     def real_env_returns(self, goals: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
         """Return of the deterministic policy θ_N[i] on goal i, in the gymnasium environment
-        ``env_id`` stepped through TF-Agents (``tasks.rl_env``: adapter, KerasPolicy, driver)."""
-        import tasks.rl_env as rl_env
+        ``env_id`` stepped through TF-Agents (``ml3tf.tasks.rl_env``: adapter, KerasPolicy, driver)."""
+        import ml3tf.tasks.rl_env as rl_env
 
         o = self.options
         learner = self._functional().model

@@ -1,7 +1,7 @@
 """Model-based ML3 on MuJoCo's reacher (paper §V-B "MBRL reacher"; authors' ``run_mbrl_reacher_exp.py``).
 
 The real environment is gymnasium's ``Reacher-v5`` (MuJoCo), stepped through TF-Agents
-(``tasks.rl_env``: ``GymnasiumEnvironment`` + ``KerasPolicy`` + ``collect_episodes``).
+(``ml3tf.tasks.rl_env``: ``GymnasiumEnvironment`` + ``KerasPolicy`` + ``collect_episodes``).
 The authors used a PyBullet reacher; this is the same 2-link planar arm family.
 
 **Joint state from the observation.** Reacher-v5's observation is
@@ -24,7 +24,7 @@ set to the goal and the arm to a fixed start state (``qpos[:2]``, ``qvel[:2]``, 
 via ``MujocoEnv.set_state``; the returned observation is recomputed. Every real rollout is
 then deterministic given the policy.
 
-**Learned dynamics.** ``models.dynamics.JointDynamicsModel`` predicts Δq from (q, a); it is
+**Learned dynamics.** ``ml3tf.models.dynamics.JointDynamicsModel`` predicts Δq from (q, a); it is
 fitted (``fit_dynamics``, Adam on the normalised Δq) on ``babbling_rollouts`` real rollouts
 of uniform random actions, and refitted every ``refit_every`` meta-steps on all data so far
 plus one real rollout per training goal of the adapted policy θ₁ (as the authors do every
@@ -56,15 +56,16 @@ final fingertip distance to the goal (m). Splits: ``train`` (the meta-training g
 ``test`` (held-out goals; the authors' test goal first).
 
 Example:
-    >>> import ml3tf, tasks
+    >>> import ml3tf
+    >>> from ml3tf import tasks
     >>> task = tasks.get("reacher")
     >>> run = ml3tf.train(task, task.default_config().replace(meta_steps=300), "runs/reacher")
 """
 
 from __future__ import annotations
 
-# tasks.rl_env first: it sets up TF-Agents' Keras 2 before anything imports TensorFlow.
-import tasks.rl_env as rl_env
+# ml3tf.tasks.rl_env first: it sets up TF-Agents' Keras 2 before anything imports TensorFlow.
+import ml3tf.tasks.rl_env as rl_env
 
 # isort: split
 
@@ -84,10 +85,10 @@ from ml3tf.evaluation import EVAL_SEED_OFFSET
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import SGD, inner_step
 from ml3tf.meta_loss import MetaLossNetwork
+from ml3tf.models.dynamics import JointDynamicsModel
+from ml3tf.models.mlp import make_mlp
 from ml3tf.results import summarize_task
 from ml3tf.task import TaskBatch
-from models.dynamics import JointDynamicsModel
-from models.mlp import make_mlp
 
 log = logging.getLogger("ml3tf")
 

@@ -22,7 +22,7 @@ What is here (the differentiable inner update never goes through ``agent.train()
 * ``collect_episodes`` — runs a ``DynamicEpisodeDriver`` and returns padded NumPy arrays.
 
 Example:
-    >>> import tasks.rl_env as rl_env                     # before tensorflow, in RL scripts
+    >>> import ml3tf.tasks.rl_env as rl_env                     # before tensorflow, in RL scripts
     >>> import keras
     >>> env = rl_env.make_tf_env("Pendulum-v1", seed=0)
     >>> net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="tanh")])
@@ -108,9 +108,9 @@ def import_tf_agents() -> types.ModuleType:
         logger.debug("tf_agents import printed: %s", noise.strip())
     if not legacy_keras_active():
         logger.warning(
-            "TensorFlow was imported before tasks.rl_env, so tf.keras is Keras 3: ml3tf's RL "
+            "TensorFlow was imported before ml3tf.tasks.rl_env, so tf.keras is Keras 3: ml3tf's RL "
             "environments and policies work, TF-Agents' own Keras-2 networks/agents do not. Import "
-            "tasks.rl_env (or set %s=1) before TensorFlow to use those too.",
+            "ml3tf.tasks.rl_env (or set %s=1) before TensorFlow to use those too.",
             LEGACY_KERAS_VARIABLE,
         )
     return sys.modules["tf_agents"]

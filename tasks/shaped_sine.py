@@ -16,7 +16,8 @@ teaches M_φ a loss that is convex around the true frequency. Meta-test at v = 0
 x = −5, −4.9, …, 4.9, where v is unknown and the learner sees only (x, ŷ, y).
 
 Example:
-    >>> import ml3tf, tasks
+    >>> import ml3tf
+    >>> from ml3tf import tasks
     >>> task = tasks.get("shaped_sine")
     >>> cfg = task.default_config().replace(task_loss_weight=0.0, extra_loss_weight=1.0)
     >>> run = ml3tf.train(task, cfg, out_dir="runs/shaped_sine", evaluate=False)
@@ -39,9 +40,9 @@ from ml3tf.evaluation import make_curve_fn
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import SGD
 from ml3tf.meta_loss import MetaLossNetwork
+from ml3tf.models.sine_frequency import make_sine_frequency_learner
 from ml3tf.results import summarize_task
 from ml3tf.task import SupervisedTask, TaskBatch
-from models.sine_frequency import make_sine_frequency_learner
 
 _TRAIN_STREAM, _INIT_STREAM = 0, 1
 

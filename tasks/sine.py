@@ -16,7 +16,8 @@ support points per task, ``query_points`` held-out points, and the meta-test
 adapts on the K support points and measures the MSE on the query points.
 
 Example:
-    >>> import ml3tf, tasks
+    >>> import ml3tf
+    >>> from ml3tf import tasks
     >>> task = tasks.get("sine")
     >>> run = ml3tf.train(task, task.default_config(), out_dir="runs/sine")
 """
@@ -32,8 +33,8 @@ import numpy as np
 
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.meta_trainer import MetaTrainConfig
+from ml3tf.models.mlp import make_mlp
 from ml3tf.task import SupervisedTask, TaskBatch
-from models.mlp import make_mlp
 
 # Independent random streams per seed: meta-train data, meta-test tasks, family-mode
 # "train"-split evaluation tasks, pretraining data of the multi-task baseline.

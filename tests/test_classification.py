@@ -9,13 +9,13 @@ import pytest
 import tensorflow as tf
 
 import ml3tf
-import tasks
+from ml3tf import tasks
 from ml3tf.cli import main
 from ml3tf.evaluation import SupervisedEvaluator
 from ml3tf.meta_loss import MetaLossNetwork
-from models.lenet import ShiftConv2D, make_lenet
-from models.spec import LearnerSpec, build_learner, parse_learner_spec
-from tasks.classification import load_mnist_npz
+from ml3tf.models.lenet import ShiftConv2D, make_lenet
+from ml3tf.models.spec import LearnerSpec, build_learner, parse_learner_spec
+from ml3tf.tasks.classification import load_mnist_npz
 
 FAST = dict(learner="mlp:16:relu", k_shot=5, query_shot=5, eval_draws=1)
 

@@ -13,7 +13,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np
-import ml3tf, tasks
+import ml3tf
+from ml3tf import tasks
 from ml3tf.meta_trainer import MetaTrainer
 
 task = tasks.get("sine", mode="family", n_points=16, n_test_tasks=2)
@@ -54,7 +55,7 @@ def test_mirrored_strategy_equals_one_device():
 
 
 def test_meta_batch_must_split_evenly_and_tpu_falls_back(caplog):
-    import tasks
+    from ml3tf import tasks
     from ml3tf.distribute import make_strategy
     from ml3tf.meta_trainer import MetaTrainConfig, MetaTrainer
 

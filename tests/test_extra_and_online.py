@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import ml3tf
-import tasks
+from ml3tf import tasks
 from ml3tf.meta_trainer import MetaTrainConfig, MetaTrainer, NonFiniteError
 from tests.toy import ToyExtraTask, ToyTask
 

@@ -22,7 +22,7 @@ class Absent:
 sys.meta_path.insert(0, Absent())
 import ml3tf
 from ml3tf import cli, evaluation, inner, meta_trainer, run, task, results  # noqa: F401
-import tasks
+from ml3tf import tasks
 t = tasks.get("sine", n_points=8, n_test_tasks=1)
 cfg = t.default_config().replace(meta_steps=2, eval_steps=2)
 trainer = ml3tf.MetaTrainer(t, cfg)
@@ -48,7 +48,7 @@ def test_ci_installs_the_rl_stack():
     if not os.environ.get("CI"):
         pytest.skip("outside CI the RL tests skip themselves when TF-Agents is not installed")
     out = subprocess.run(
-        [sys.executable, "-c", "import tasks.rl_env as r; print(r.import_tf_agents().__name__)"],
+        [sys.executable, "-c", "import ml3tf.tasks.rl_env as r; print(r.import_tf_agents().__name__)"],
         capture_output=True,
         text=True,
     )

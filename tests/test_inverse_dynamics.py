@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 
 import ml3tf
-import tasks
+from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
-from models.inertia import make_inertia_learner
-from tasks.inverse_dynamics import ArmParameters, bias_forces, inertia, potential_energy
+from ml3tf.models.inertia import make_inertia_learner
+from ml3tf.tasks.inverse_dynamics import ArmParameters, bias_forces, inertia, potential_energy
 
 
 def test_inertia_is_symmetric_positive_definite():

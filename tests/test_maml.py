@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import ml3tf
-import tasks
+from ml3tf import tasks
 from ml3tf.cli import main
 from ml3tf.meta_trainer import MetaTrainConfig, MetaTrainer
 from ml3tf.run import train_one

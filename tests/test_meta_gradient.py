@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tasks
+from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
 from ml3tf.meta_trainer import MetaTrainConfig, MetaTrainer
 from tests.toy import ToyTask, directional_check

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import tasks
+from ml3tf import tasks
 from ml3tf.meta_trainer import MetaTrainConfig, MetaTrainer, NonFiniteError
 from tests.toy import ToyTask
 

@@ -8,10 +8,10 @@ import pytest
 import tensorflow as tf
 
 import ml3tf
-import tasks
+from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
-from tasks import mountain_car as mc
-from tasks.ilqr import ilqr, lqr_riccati, quadratic_cost, rollout
+from ml3tf.tasks import mountain_car as mc
+from ml3tf.tasks.ilqr import ilqr, lqr_riccati, quadratic_cost, rollout
 
 # (p, v, a) chosen to hit every branch of the step: free motion, |v| > 1.5 both ways,
 # p > 0.5, p < −1.2 with v < 0 (v := 0 at the wall), p < −1.2 with v ≥ 0 impossible after
@@ -236,7 +236,7 @@ def test_bad_input():
 @pytest.fixture(scope="module")
 def mce():
     pytest.importorskip("tf_agents", reason="RL extras not installed (README 'Reinforcement learning')")
-    import tasks.mountain_car_env as mce
+    import ml3tf.tasks.mountain_car_env as mce
 
     return mce
 
@@ -258,7 +258,7 @@ def test_environment_through_tf_agents_equals_the_tf_rollout(mce):
 
 
 def test_policy_wrapper_equals_the_keras_network(mce):
-    import tasks.rl_env as rl_env
+    import ml3tf.tasks.rl_env as rl_env
 
     task = tasks.get("mountain_car")
     learner = task.make_learner()

@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 
 import ml3tf
-import tasks
-import tasks.rl_env as rl_env  # first: selects Keras 2 for tf.keras before TensorFlow (DESIGN §4)
+import ml3tf.tasks.rl_env as rl_env  # first: selects Keras 2 for tf.keras before TensorFlow (DESIGN §4)
+from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
 from ml3tf.meta_loss import load_meta_loss
-from tasks import point_mass as pm
+from ml3tf.tasks import point_mass as pm
 
 SMALL = {"horizon": 6, "episodes": 3, "n_eval_goals": 2, "policy_hidden": (8,), "meta_loss_hidden": (16,)}
 

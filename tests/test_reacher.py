@@ -1,7 +1,7 @@
 """Model-based reacher: joint-state mapping, IK, the TF-Agents path, the learned dynamics, a tiny run."""
 
-# tasks.rl_env first: it sets up TF-Agents' Keras 2 before anything imports TensorFlow.
-import tasks.rl_env
+# ml3tf.tasks.rl_env first: it sets up TF-Agents' Keras 2 before anything imports TensorFlow.
+import ml3tf.tasks.rl_env
 
 # isort: split
 
@@ -13,10 +13,10 @@ import pytest
 import tensorflow as tf
 
 import ml3tf
-import tasks
+from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
-from models.dynamics import JointDynamicsModel
-from tasks import reacher as R
+from ml3tf.models.dynamics import JointDynamicsModel
+from ml3tf.tasks import reacher as R
 
 TINY = dict(
     horizon=6,

@@ -1,4 +1,4 @@
-"""tasks.rl_env: the gymnasium → TF-Agents adapter, KerasPolicy, episode collection, install."""
+"""ml3tf.tasks.rl_env: the gymnasium → TF-Agents adapter, KerasPolicy, episode collection, install."""
 
 import os
 import subprocess
@@ -14,7 +14,7 @@ import gymnasium
 import keras
 import tensorflow as tf
 
-import tasks.rl_env as rl_env
+import ml3tf.tasks.rl_env as rl_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,7 +174,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_importing_rl_env_first_selects_keras_2_for_tf_keras_only():
     out = _python(
         """
-        import os, tasks.rl_env as rl_env
+        import os, ml3tf.tasks.rl_env as rl_env
         import keras, tensorflow as tf
         print(os.environ["TF_USE_LEGACY_KERAS"], rl_env.legacy_keras_active(), keras.__version__)
         """
@@ -190,7 +190,7 @@ def test_tensorflow_imported_first_still_works_and_warns():
         """
         import logging; logging.basicConfig()
         import tensorflow as tf, keras, numpy as np
-        import tasks.rl_env as rl_env
+        import ml3tf.tasks.rl_env as rl_env
         net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
         env = rl_env.make_tf_env("Pendulum-v1", seed=0, max_episode_steps=3)
         ep = rl_env.collect_episodes(env, rl_env.KerasPolicy(net, env.time_step_spec(), env.action_spec()), 1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ml3tf
-import tasks
+from ml3tf import tasks
 from ml3tf.meta_loss import load_meta_loss
 from ml3tf.meta_trainer import NonFiniteError
 from ml3tf.run import train_one

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 import ml3tf
-import tasks
+from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
-from models.sine_frequency import make_sine_frequency_learner
+from ml3tf.models.sine_frequency import make_sine_frequency_learner
 
 
 def test_sample_is_deterministic_and_consistent():

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import ml3tf
-import tasks
+from ml3tf import tasks
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import tasks
+from ml3tf import tasks
 from ml3tf.meta_trainer import MetaTrainer
 
 # Small options so that each task traces quickly; the math is the task's own.

@@ -6,8 +6,8 @@ import tensorflow as tf
 
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.meta_trainer import MetaTrainConfig
+from ml3tf.models.mlp import make_mlp
 from ml3tf.task import SupervisedTask, TaskBatch
-from models.mlp import make_mlp
 
 
 class ScaledSquare(keras.Model):
