@@ -10,7 +10,10 @@ Example:
     >>> run = ml3tf.train(task, task.default_config(), out_dir="runs/sine", seeds=[0, 1, 2, 3, 4])
     >>> run.results["final"]["test"]
 
-Names are loaded on first use, so ``ml3tf --help`` answers without importing TensorFlow.
+Names are loaded on first use, so ``ml3tf --help`` answers without importing TensorFlow. The
+Keras classes a saved file may name (``LearnedLoss``, ``MetaLossNetwork``, the learners of
+``ml3tf.models``) are registered as soon as Keras is imported, before or after ``ml3tf``, so
+``import ml3tf`` is all ``keras.models.load_model(..., safe_mode=True)`` needs.
 """
 
 from __future__ import annotations
@@ -94,3 +97,8 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+from ml3tf import _registration  # noqa: E402  (after __getattr__: registering imports ml3tf.*)
+
+_registration.install()

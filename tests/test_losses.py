@@ -339,7 +339,7 @@ def test_keras_round_trip_in_process(sine_loss, tmp_path):
 FRESH = """
 import json, sys
 import keras, numpy as np
-import ml3tf.losses  # registers LearnedLoss with Keras (as any custom object must be)
+import ml3tf  # registers LearnedLoss (and every other ml3tf Keras class) with Keras
 model = keras.models.load_model(sys.argv[1], safe_mode=True)
 data = np.load(sys.argv[2])
 print(json.dumps([type(model.loss).__name__, float(model.evaluate(data["x"], data["y"], verbose=0)),
