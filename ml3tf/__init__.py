@@ -19,6 +19,7 @@ Keras classes a saved file may name (``LearnedLoss``, ``MetaLossNetwork``, the l
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -98,6 +99,22 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
+
+def _require_tensorflow() -> None:
+    # TensorFlow comes from an extra (setup.py), so that ml3tf never replaces a user's GPU/TPU
+    # build; without one, say so in one line instead of failing deep inside an import.
+    try:
+        found = importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ImportError(
+            "ml3tf needs TensorFlow 2.20 or 2.21 and none is importable: install one with "
+            'pip install "ml3tf[cpu]" (or "ml3tf[gpu]", "ml3tf[tpu]"), or pip install tensorflow'
+        )
+
+
+_require_tensorflow()
 
 from ml3tf import _registration  # noqa: E402  (after __getattr__: registering imports ml3tf.*)
 

@@ -128,3 +128,23 @@ def test_every_registering_module_is_listed():
 def test_finder_is_gone_once_registered():
     assert _registration._registered
     assert _registration._finder not in sys.meta_path
+
+
+def test_no_tensorflow_is_one_clear_import_error():
+    code = (
+        "import sys\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tensorflow':\n"
+        "            raise ModuleNotFoundError(name + ' is absent in this test')\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "try:\n"
+        "    import ml3tf\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, '|', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("ImportError | ml3tf needs TensorFlow 2.20 or 2.21"), line
+    assert all(extra in line for extra in ('"ml3tf[cpu]"', '"ml3tf[gpu]"', '"ml3tf[tpu]"'))
+    assert "\n" not in line
