@@ -46,7 +46,7 @@ def test_colab_tpu_notebook_never_installs_a_tensorflow_over_the_runtimes(capsys
         "ml3tf @ git+https://host/ml3tf.git"
     )
     assert command({}, True, None)[-2:] == ["-e", ".[tpu]"]
-    with pytest.raises(ValueError, match="tensorflow 2.19.0; ml3tf needs TensorFlow 2.20 or 2.21"):
+    with pytest.raises(ValueError, match=r"tensorflow 2\.19\.0; ml3tf needs TensorFlow 2\.20 or 2\.21"):
         command({"tensorflow": "2.19.0"}, True, None)  # an unsupported TF is refused, never replaced
     assert not any(
         "cpu" in arg for arg in command({}, True, None) + command({"tensorflow": "2.21.0"}, True, None)
