@@ -7,7 +7,7 @@ docs/results/inverse_dynamics/.
 
 β = 1 for both learned arms; γ = 1 for the prior arm: both terms are mean squared errors
 of the same order at the start (torques in N·m, inertia entries in kg·m²; about 4 and 6 for
-a fresh learner), so neither dominates. Prints a table; writes results.json (DESIGN §3
+a fresh learner), so neither dominates. Prints a table; writes results.json (same schema
 schema, metric torque_mse on held-out trajectories, plus inertia_error) and results.png.
 """
 
@@ -51,7 +51,7 @@ def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
             losses = [ml3tf.load_meta_loss(p) for p in trained.meta_loss_paths]
             per_arm[arm] = (task.evaluate(losses, cfg, seeds), seconds)
     prior, plain = per_arm["learned_prior"][0], per_arm["learned"][0]
-    # DESIGN §3: "learned" = the physics-prior loss (the claim), "baseline" = MSE, and the
+    # results.json schema: "learned" = the physics-prior loss (the claim), "baseline" = MSE, and the
     # learned loss without the prior beside them as "learned_no_prior".
     results = dict(prior)
     k = base.inner_steps

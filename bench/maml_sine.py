@@ -23,7 +23,7 @@ families (amplitudes U[5, 10], phases U[π, 2π], x ~ U[−10, 10], all three) a
 learner architecture (1→100→10→1), where a learned θ₀ has no meaning (reported as not
 applicable) but a learned loss still applies.
 
-Writes ``docs/results/maml_sine/results_k<K>.json`` (DESIGN §3 schema, methods beside
+Writes ``docs/results/maml_sine/results_k<K>.json`` (results.json schema, methods beside
 ``learned``/``baseline``), ``broader.json`` and ``adaptation.png`` (pre-/post-update
 predictions on one task), and prints the tables.
 """

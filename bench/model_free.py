@@ -1,5 +1,5 @@
 """Model-free ML3 on the point mass (``ml3tf.tasks.point_mass``): learned loss vs REINFORCE, 5 seeds.
-Writes docs/results/point_mass/ (results.json in the DESIGN §3 schema, results.png).
+Writes docs/results/point_mass/ (results.json, results.png).
 
     python bench/model_free.py                         # 5 seeds, the task's default protocol
     python bench/model_free.py --meta-steps 200        # a quick look
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-import ml3tf.tasks.rl_env  # noqa: F401  (first: selects Keras 2 for tf.keras before TensorFlow, DESIGN §4)
+import ml3tf.tasks.rl_env  # noqa: F401  (first: selects Keras 2 for tf.keras before TensorFlow)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)

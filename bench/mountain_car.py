@@ -18,7 +18,7 @@ trained ``ML3 + extra info`` policy is then stepped through TF-Agents (``ml3tf.t
 the authors' physics as a gymnasium env → ``GymnasiumEnvironment`` → ``KerasPolicy`` →
 ``collect_episodes``) and compared with the TF rollout; the same policy is also run on gymnasium's
 ``MountainCarContinuous-v0`` (other physics, 999 steps; action ×4 to map ±0.25 onto ±1).
-Prints a table; writes results.json (DESIGN §3 schema for the ML3 + extra-info arm plus
+Prints a table; writes results.json (results.json schema for the ML3 + extra-info arm plus
 ``arms``) and trajectories.png.
 """
 

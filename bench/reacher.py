@@ -10,7 +10,7 @@ a dynamics model fitted on fresh babbling, with the learned loss and with the ta
 measures the final fingertip distance in the real MuJoCo environment (through TF-Agents) after
 every SGD step. The authors meta-train 3000 steps; this bench uses fewer (``--meta-steps``) to
 fit its time budget, and says so in the JSON. Writes docs/results/reacher/results.json
-(DESIGN §3 schema + ``meta_train``) and results.png.
+(results.json schema + ``meta_train``) and results.png.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ For each seed and each learned arm it meta-trains with ``ml3tf.train`` (online m
 then measures on the meta-test task (v = 0.7, x = −5 … 4.9):
 (a) the loss landscape over ω ∈ [−7, 7], (b) the success rate — the fraction of random
 initial ω ending within the tolerance of v after the meta-test SGD steps — and (c) the MSE
-vs step of a learner started at ω₀ = 0.1. Prints a table; writes results.json (DESIGN §3
+vs step of a learner started at ω₀ = 0.1. Prints a table; writes results.json (same schema
 schema plus ``success_rate`` and ``landscape``), landscape.png and curves.png.
 """
 
@@ -60,7 +60,7 @@ def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
             per_arm[arm] = {"results": res, "landscape": land, "train_seconds": train_s, "config": cfg}
     mse_land = task.landscape(None, omegas)
     shaped, plain = per_arm["learned_shaped"]["results"], per_arm["learned_mse"]["results"]
-    # DESIGN §3 schema: "learned" is the shaped loss (the claim), "baseline" MSE; the
+    # results.json schema: "learned" is the shaped loss (the claim), "baseline" MSE; the
     # learned loss without extra information sits beside them as "learned_mse".
     results = dict(shaped)
     results["curves"] = {

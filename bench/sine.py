@@ -33,8 +33,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
 #: The authors' unmodified PyTorch sine script for the same work (5 seeds, 500
-#: meta-steps, evaluation every 10), measured on a quiet 2-core machine here
-#: (DESIGN §6); not re-run by this script.
+#: meta-steps, evaluation every 10), measured on a quiet 2-core machine here;
+#: not re-run by this script.
 AUTHORS_QUIET_SECONDS = 175.0
 
 
@@ -156,7 +156,7 @@ def main() -> None:
             f" vs mse {e['final']['test']['baseline']:.3f}"
         )
     print(
-        f"  authors' PyTorch script, equal work (quiet machine, DESIGN §6): {AUTHORS_QUIET_SECONDS:.0f} s"
+        f"  authors' PyTorch script, equal work (quiet machine): {AUTHORS_QUIET_SECONDS:.0f} s"
         f" -> {result['speedup_vs_authors_equal_work']:.1f}× (equal work), "
         f"{result['speedup_vs_authors_lean']:.1f}× (lean run)"
     )

@@ -144,7 +144,7 @@ class MetaTrainConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         _positive("init_lr", self.init_lr)
         if self.first_order and self.method != "maml":
-            # DESIGN §1: φ reaches the task loss only through the inner gradients.
+            # φ reaches the task loss only through the inner gradients.
             raise ValueError(
                 f"first_order=True is only valid with method='maml', got method={self.method!r}: "
                 "stopping the inner gradients would leave the loss network φ without a gradient"

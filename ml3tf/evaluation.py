@@ -225,7 +225,7 @@ class SupervisedEvaluator:
         config: dict | None = None,
         initial_params: list | None = None,
     ) -> dict:
-        """Results in the DESIGN §3 schema; ``meta_losses[i]`` serves ``seeds[i]`` (or one serves all).
+        """Results in the results.json schema; ``meta_losses[i]`` serves ``seeds[i]`` (or one serves all).
 
         ``initial_params`` (MAML): θ₀ per seed (or one for all), each a list of arrays
         aligned with the learner's trainable variables; the ``learned`` arm starts

@@ -217,7 +217,7 @@ def _segmented(
     under a tape and chain ``tape.gradient(end, [start, φ], output_gradients=∂L/∂end)``.
     Both passes are ``tf.while_loop``s over segments, so the graph size does not grow
     with K. (``tf.recompute_grad`` does not work around an inner step that opens its
-    own tape — DESIGN §4.)
+    own tape.)
     """
     structure = (list(params), list(state), opt_state)
     flat_in = tf.nest.flatten(structure)

@@ -1,4 +1,4 @@
-"""``results.json``: one schema for every task's meta-test (DESIGN §3), and its plot.
+"""``results.json``: one schema for every task's meta-test, and its plot.
 
     {"task", "metric", "higher_is_better", "steps", "seeds",
      "curves": {split: {method: {"mean": [...], "std": [...]}}},

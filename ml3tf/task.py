@@ -97,7 +97,7 @@ class Task(Protocol):
         seeds: list[int],
         steps: int | None = None,
     ) -> dict:
-        """Meta-test: fresh learners trained on each meta-loss vs the baseline (DESIGN §3 schema).
+        """Meta-test: fresh learners trained on each meta-loss vs the baseline (results.json schema).
 
         ``meta_losses[i]`` belongs to ``seeds[i]`` (or one loss serves all seeds);
         ``steps`` defaults to ``config.eval_steps``.

@@ -63,7 +63,7 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
 
 
 # Tasks that use TF-Agents: ml3tf.tasks.rl_env is imported before them, so that it can select
-# Keras 2 for tf.keras before TensorFlow is first imported (DESIGN §4).
+# Keras 2 for tf.keras before TensorFlow is first imported.
 _NEEDS_TF_AGENTS: frozenset[str] = frozenset({"point_mass", "reacher"})
 
 

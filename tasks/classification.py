@@ -342,7 +342,7 @@ class ClassificationTask(SupervisedTask):
         seeds: list[int],
         steps: int | None = None,
     ) -> dict:
-        """Accuracy results (DESIGN §3) plus ``results["loss"]``: cross-entropy after the same steps."""
+        """Accuracy results (results.json schema) plus ``results["loss"]``: cross-entropy after the steps."""
         from ml3tf.evaluation import SupervisedEvaluator
 
         results = super().evaluate(meta_losses, config, seeds, steps)

@@ -306,7 +306,7 @@ class InverseDynamicsTask(SupervisedTask):
         seeds: list[int],
         steps: int | None = None,
     ) -> dict:
-        """DESIGN §3 schema: split ``heldout`` (torque MSE on held-out trajectories), learned
+        """results.json schema: split ``heldout`` (torque MSE on held-out trajectories), learned
         loss vs MSE; plus ``inertia_error`` curves and finals in the same shape."""
         if not meta_losses or len(meta_losses) not in (1, len(seeds)):
             raise ValueError(

@@ -416,7 +416,7 @@ class MountainCarTask:
         seeds: list[int],
         steps: int | None = None,
     ) -> dict:
-        """DESIGN §3 schema; metric: final distance ‖s_T − s*‖ vs SGD step of policies trained
+        """results.json schema; metric: final distance ‖s_T − s*‖ vs SGD step of policies trained
         on the learned loss (``learned``) and on the task loss (``baseline``). Splits:
         ``train`` — the meta-train policy θ₀ of each seed (``train_params``; the authors'
         meta-test, meaningful with ``learner_init="fixed"``) — and ``test`` — the

@@ -531,7 +531,7 @@ class PointMassTask:
         steps: int | None = None,
         initial_params: list | None = None,
     ) -> dict:
-        """DESIGN §3 schema: return after each of N updates, learned loss vs REINFORCE, on the
+        """results.json schema: return after each of N updates, learned loss vs REINFORCE, on the
         ``train`` and held-out ``test`` goals; plus ``final_real_env`` (TF-Agents) when
         ``real_env_check``, with the largest gap to the in-graph returns.
 

@@ -702,7 +702,7 @@ class ReacherTask:
         seeds: list[int],
         steps: int | None = None,
     ) -> dict:
-        """Learned loss vs the task cost (module docstring); DESIGN §3 schema, metric
+        """Learned loss vs the task cost (module docstring); results.json schema, metric
         ``final_distance`` (m, real MuJoCo) with the extra method ``baseline_best_lr``."""
         if not meta_losses or len(meta_losses) not in (1, len(seeds)):
             raise ValueError(

@@ -1,7 +1,7 @@
 """TF-Agents bridge for the RL tasks: gymnasium adapter, Keras policies, episode collection.
 
 This module is the **one place** where ml3tf deals with TF-Agents 0.19's install quirks
-(DESIGN §4). TF-Agents' own networks need Keras 2 (``tf-keras``), selected by
+(README "Reinforcement learning"). TF-Agents' own networks need Keras 2 (``tf-keras``), selected by
 ``TF_USE_LEGACY_KERAS=1`` *before TensorFlow is imported*; so importing this module
 first sets that variable when TensorFlow is not imported yet. It changes only what
 ``tf.keras`` means: ``import keras`` stays Keras 3, which is all ml3tf uses. If

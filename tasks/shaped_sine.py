@@ -245,7 +245,7 @@ class ShapedSineTask(SupervisedTask):
         seeds: list[int],
         steps: int | None = None,
     ) -> dict:
-        """DESIGN §3 schema, split ``test`` (v = ``test_frequency``, start ω₀): MSE vs step of
+        """results.json schema, split ``test`` (v = ``test_frequency``, start ω₀): MSE vs step of
         the learned loss and of MSE; plus ``success_rate``: the fraction of the
         ``n_inits`` random initial ω ending within ``tolerance`` of v, per method."""
         if not meta_losses or len(meta_losses) not in (1, len(seeds)):
