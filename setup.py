@@ -17,7 +17,13 @@ already has (a GPU or TPU build):
     pip install ml3tf          # TensorFlow is already installed
 """
 
+import re
+
 from setuptools import setup
+
+# One version: ml3tf.__version__ (read, not imported: importing ml3tf needs TensorFlow).
+with open("ml3tf/__init__.py", encoding="utf-8") as f:
+    VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 TF = ">=2.20,<2.22"  # tested: 2.20 (oldest, tensorflow-tpu's newest) and 2.21
 CORE = [
@@ -53,7 +59,7 @@ TEST = [
 
 setup(
     name="ml3tf",
-    version="0.2.0",
+    version=VERSION,
     description="Meta-Learning via Learned Loss (ML3) on TensorFlow 2 and Keras 3",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -53,3 +53,26 @@ def test_ci_installs_the_rl_stack():
         text=True,
     )
     assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "tf_agents", out.stderr
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("where", ["elsewhere", "repository root"])
+def test_only_namespaced_import_names(tmp_path, where):
+    """models/ and tasks/ are installed as ml3tf.models / ml3tf.tasks; plain names never import.
+
+    From the repository root the folders are on sys.path as ``tasks``/``models``: their guard
+    refuses that too, so no module can exist twice under two names.
+    """
+    cwd = ROOT if where == "repository root" else str(tmp_path)
+    for name in ("tasks", "models"):
+        out = subprocess.run(
+            [sys.executable, "-c", f"import {name}"], capture_output=True, text=True, cwd=cwd
+        )
+        assert out.returncode != 0 and "ModuleNotFoundError: No module named" in out.stderr, out.stderr
+    code = (
+        "from ml3tf.tasks import get; import ml3tf.models as m; print(get.__module__, m.make_mlp.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, check=True)
+    assert out.stdout.split() == ["ml3tf.tasks", "ml3tf.models.mlp"]
