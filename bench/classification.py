@@ -108,7 +108,7 @@ def main() -> None:
     )
     print(f"total: {total:.1f} s (budget 600 s)")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    atomic_write_text(args.out, json.dumps(out, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(out, indent=1, allow_nan=False) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -121,7 +121,7 @@ def main() -> None:
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
+        json.dump(res, f, indent=1, allow_nan=False)
         f.write("\n")
 
     print(f"MSE after {steps} SGD steps (lr {lr}), mean ± std over seeds {seeds}")

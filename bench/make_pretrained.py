@@ -91,7 +91,7 @@ def main() -> None:
                 f"mse {r['baseline']:.3f} ± {r['baseline_std']:.3f}"
             )
     with open(path, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
+        json.dump(manifest, f, indent=1, sort_keys=True, allow_nan=False)
         f.write("\n")
     print(f"wrote {path}")
 

@@ -196,13 +196,22 @@ def broader(shots: int, seeds: list[int], cfg, artefacts: dict) -> dict:
 
 
 def _final(res: dict, method: str) -> dict:
+    """Step-1 and final test MSE of one arm; a non-finite value is ``null`` with ``"diverged": true``."""
     t1, tf_ = res["at_step_1"]["test"], res["final"]["test"]
-    return {
+    row = {
         "step_1": t1[method],
         "step_1_std": t1[f"{method}_std"],
         "final": tf_[method],
         "final_std": tf_[f"{method}_std"],
     }
+    return _strict_row(row)
+
+
+def _strict_row(row: dict) -> dict:
+    if all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+        return row
+    out = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()}
+    return {**out, "diverged": True}
 
 
 def plot_adaptation(path: str, shots: int, cfg, artefacts: dict) -> None:
@@ -296,7 +305,7 @@ def main() -> None:
 
 def _write(path: str, obj: dict) -> None:
     with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(obj, f, indent=1, allow_nan=False)  # strict JSON: diverged values are null
         f.write("\n")
 
 
@@ -334,7 +343,7 @@ def format_broader(b: dict) -> str:
             r = row.get(a)
             if r is None:
                 cells.append("not applicable")
-            elif not math.isfinite(r["final"]):
+            elif r.get("diverged") or not math.isfinite(r["final"]):
                 cells.append("diverged¹")
             else:
                 cells.append(_pm(r["final"], r["final_std"]))

@@ -136,7 +136,7 @@ def main() -> None:
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+        json.dump(result, f, indent=1, allow_nan=False)
         f.write("\n")
 
     m = result["machine"]

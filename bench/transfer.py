@@ -157,7 +157,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     from ml3tf.results import atomic_write_text
 
-    atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(args.out, json.dumps(results, indent=1, allow_nan=False) + "\n")
     print(f"wrote {args.out}")
 
 

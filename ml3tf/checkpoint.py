@@ -8,10 +8,18 @@ meta-learned (MAML) the learner and its outer optimizer are saved too.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import keras
 import tensorflow as tf
+
+log = logging.getLogger("ml3tf")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 class Checkpointer:
@@ -58,15 +66,29 @@ class Checkpointer:
         return self._manager.latest_checkpoint
 
     def restore(self) -> int:
-        """Restore the newest checkpoint; returns the number of completed meta-steps (0 if none)."""
-        path = self._manager.latest_checkpoint
-        if path is None:
-            return 0
-        try:
-            self._checkpoint.restore(path).assert_existing_objects_matched()
-        except Exception as exc:  # corrupt or foreign checkpoint
-            raise ValueError(f"checkpoint {path!r} could not be restored: {exc}") from None
-        return int(self._step.numpy())
+        """Restore the newest readable checkpoint; returns the completed meta-steps (0 if none).
+
+        A newest checkpoint that cannot be read (truncated by a full disk, say) is skipped
+        for the one before it, with a warning; ``ValueError`` when none can be read.
+        """
+        candidates = list(reversed(self._manager.checkpoints))  # newest first
+        errors = []
+        for path in candidates:
+            try:
+                self._checkpoint.restore(path).assert_existing_objects_matched()
+            except Exception as exc:  # corrupt, truncated or foreign checkpoint
+                errors.append(f"{path!r}: {_first_line(exc)}")
+                continue
+            if errors:
+                log.warning(
+                    "checkpoint %s could not be restored; resuming from the previous one, %s",
+                    errors[0],
+                    os.path.basename(path),
+                )
+            return int(self._step.numpy())
+        if errors:
+            raise ValueError(f"no checkpoint in {self.directory!r} could be restored: {'; '.join(errors)}")
+        return 0
 
     def save(self, step: int) -> str:
         """Save after ``step`` completed meta-steps; returns the checkpoint path."""

@@ -107,7 +107,8 @@ def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[
         "--kind",
         choices=("regression", "classification"),
         default=None,
-        help="what the loss network scores (default: regression; a zoo entry's own kind)",
+        help="what the loss network scores (default: the kind its run's task trained it for, from the "
+        "config.json beside FILE; a zoo entry's own kind; else regression)",
     )
     exp.add_argument("--from-logits", action="store_true", help="classification: y_pred holds logits")
     groups: dict[str, list[str]] = {}
@@ -155,18 +156,30 @@ def _saved_run(meta_loss_path: str, task_name: str) -> dict[str, Any]:
     ``ml3tf eval`` starts from it, so that a run is evaluated with the protocol it was
     trained with; flags given on the command line still win.
     """
-    path = os.path.join(os.path.dirname(os.path.abspath(meta_loss_path)), "config.json")
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if not isinstance(saved, dict) or saved.get("task") != task_name:
+    saved = _config_beside(meta_loss_path)
+    if saved is None or saved.get("task") != task_name:
         return {}
     opts = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.get("task_options", {}).items()}
     return {**saved, "task_options": opts}
+
+
+def _config_beside(path: str) -> dict[str, Any] | None:
+    """The ``config.json`` that ``ml3tf train`` wrote beside ``path``; ``None`` if there is none.
+
+    Raises:
+        ValueError: it exists but is not a readable JSON object (never silently ignored).
+    """
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(config_path):
+        return None
+    try:
+        with open(config_path) as f:
+            saved = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{config_path!r} (beside {path!r}) is not a readable config.json: {exc}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config_path!r} (beside {path!r}) is not a readable config.json: not an object")
+    return saved
 
 
 def _progress_callback(meta_steps: int, quiet: bool):
@@ -196,11 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permission lost mid-run: the files written so far are intact
+        print(f"{PROG}: error: {_one_line(exc)} (what was written before is intact)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:1]) if lines else type(exc).__name__
 
 
 def _main(argv: list[str]) -> int:
@@ -273,17 +294,36 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
+def _kind_of_run(path: str) -> str | None:
+    """What the loss beside a ``config.json`` of ``ml3tf train`` scores: its task's ``loss_kind``."""
+    saved = _config_beside(path)
+    if saved is None or not isinstance(saved.get("task"), str):
+        return None
+    from ml3tf import tasks
+    from ml3tf.task import SupervisedTask
+
+    try:
+        cls = tasks.task_class(saved["task"])
+    except ValueError:
+        return None
+    return cls.loss_kind if issubclass(cls, SupervisedTask) else None
+
+
 def _export(args: argparse.Namespace) -> int:
     """``ml3tf export FILE --out-dir DIR``: a ``LearnedLoss`` as a SavedModel (``serving_default``)."""
     from ml3tf.export import export_saved_model
     from ml3tf.losses import LearnedLoss
 
     kwargs: dict[str, Any] = {"from_logits": args.from_logits}
-    if args.kind is not None:
-        kwargs["kind"] = args.kind
     if args.file.startswith("pretrained:"):
+        if args.kind is not None:
+            kwargs["kind"] = args.kind
         loss = LearnedLoss.pretrained(args.file.split(":", 1)[1], **kwargs)
     else:
+        kind = _kind_of_run(args.file)
+        if args.kind is not None and kind is not None and args.kind != kind:
+            raise ValueError(f"--kind {args.kind}: {args.file!r} was trained as a {kind} loss")
+        kwargs["kind"] = args.kind or kind or "regression"
         loss = LearnedLoss.from_file(args.file, **kwargs)
     path = export_saved_model(loss, args.out_dir)
     print(f"wrote SavedModel {path} (signature serving_default: y_pred, y_true -> loss, mean_loss)")

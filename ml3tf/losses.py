@@ -198,6 +198,14 @@ class LearnedLoss(keras.losses.Loss):
             raise ValueError(
                 f"y_true and y_pred need a batch axis, got shapes {y_true.shape} and {y_pred.shape}"
             )
+        for arg, value in (("y_true", y_true), ("y_pred", y_pred)):
+            if value.shape[0] == 0:
+                raise ValueError(f"{arg} is an empty batch (shape {value.shape}); a loss needs >= 1 example")
+        if y_true.shape[0] is not None and y_pred.shape[0] is not None and y_true.shape[0] != y_pred.shape[0]:
+            raise ValueError(
+                f"y_true and y_pred must have the same batch size, got y_true {y_true.shape} and "
+                f"y_pred {y_pred.shape}"
+            )
         n = tf.shape(y_pred)[0]
         if self.kind == "classification":
             return self._classification_features(y_true, y_pred, dtype), n
@@ -244,7 +252,7 @@ class LearnedLoss(keras.losses.Loss):
         if y_true.shape.rank == 2 and y_true.shape[-1] == classes and classes > 1:
             onehot = tf.cast(y_true, dtype)
         elif y_true.shape.rank == 1 or (y_true.shape.rank == 2 and y_true.shape[-1] == 1):
-            labels = tf.cast(tf.round(tf.cast(tf.reshape(y_true, (-1,)), tf.float32)), tf.int32)
+            labels = self._checked_labels(tf.reshape(y_true, (-1,)), classes)
             onehot = tf.one_hot(labels, classes, dtype=dtype)
         else:
             raise ValueError(
@@ -252,6 +260,31 @@ class LearnedLoss(keras.losses.Loss):
                 f"got shape {y_true.shape}"
             )
         return tf.concat([probs, onehot], axis=-1)
+
+    @staticmethod
+    def _checked_labels(y_true: tf.Tensor, classes: int) -> tf.Tensor:
+        """Integer labels in ``[0, classes)``; anything else is an error, never a silent zero row.
+
+        Known values (eager calls, constants) raise ``ValueError``; inside a compiled graph
+        the same checks are assertions (``InvalidArgumentError`` naming y_true).
+        """
+        values = tf.get_static_value(y_true)
+        if values is not None:
+            values = np.asarray(values)
+            if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+                bad = [float(f"{v:.6g}") for v in values[values != np.round(values)][:3]]
+                raise ValueError(f"y_true labels must be integers, got {bad}")
+            out = values[(values < 0) | (values >= classes)] if values.dtype.kind != "b" else values[:0]
+            if out.size:
+                shown = [int(v) for v in out[:3]]
+                raise ValueError(f"y_true labels must lie in [0, {classes}), got {shown}")
+            return tf.constant(values.astype(np.int32))
+        if y_true.dtype.is_floating:
+            tf.debugging.assert_equal(y_true, tf.round(y_true), message="y_true labels must be integers")
+        labels = tf.cast(y_true, tf.int32)
+        tf.debugging.assert_non_negative(labels, message=f"y_true labels must lie in [0, {classes})")
+        tf.debugging.assert_less(labels, classes, message=f"y_true labels must lie in [0, {classes})")
+        return labels
 
     def per_example(self, y_true: Any, y_pred: Any) -> tf.Tensor:
         """``ℓ_i`` of shape ``(N,)`` (no reduction, no sample weights)."""

@@ -42,7 +42,8 @@ def summarize(
         step1[split] = {}
         for method, per_seed in methods.items():
             arr = np.asarray(per_seed, dtype=np.float64)  # (seeds, steps + 1)
-            mean, std = arr.mean(axis=0), arr.std(axis=0)
+            with np.errstate(invalid="ignore", over="ignore"):  # a diverged curve: first_non_finite
+                mean, std = arr.mean(axis=0), arr.std(axis=0)
             out_curves[split][method] = {"mean": mean.tolist(), "std": std.tolist()}
             final[split][method] = float(mean[-1])
             final[split][f"{method}_std"] = float(std[-1])
@@ -86,8 +87,32 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def write_results(results: dict[str, Any], path: str) -> None:
-    """Write ``results.json`` atomically."""
-    atomic_write_text(path, json.dumps(results, indent=1) + "\n")
+    """Write ``results.json`` atomically, as strict JSON (a non-finite number is a ``ValueError``)."""
+    atomic_write_text(path, json.dumps(results, indent=1, allow_nan=False) + "\n")
+
+
+def first_non_finite(results: dict[str, Any]) -> tuple[str, str, int] | None:
+    """``(split, arm, step)`` of the first non-finite value of any meta-test curve, or ``None``."""
+    for split, methods in results.get("curves", {}).items():
+        for arm, curve in methods.items():
+            mean = np.asarray(curve["mean"], dtype=np.float64)
+            bad = np.flatnonzero(~np.isfinite(mean))
+            if bad.size:
+                return str(split), str(arm), int(bad[0])
+    return None
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (strict JSON has no NaN/Infinity)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
 
 
 def plot_results(results: dict[str, Any], path: str) -> None:

@@ -13,6 +13,19 @@ With several seeds, each seed gets ``<out_dir>/seed_<s>/``; ``results.json`` and
 ``results.png`` (meta-test over all seeds) go to ``<out_dir>``. Re-running on the
 same folder resumes from the last checkpoint and ends with the same metrics as an
 uninterrupted run.
+
+The records never lie about the model beside them:
+
+* one process at a time: ``train``/``eval`` hold ``<out_dir>/.lock`` (``ml3tf.lock``);
+* ``config.json`` (task, task options, config, seeds) is written when the first checkpoint
+  is, and again beside the final ``meta_loss.keras``; a folder whose run failed before its
+  first checkpoint holds no run and is simply reused;
+* a folder that holds a run refuses, in one line, another task, task options, seed set,
+  result-changing config field, or fewer ``meta_steps`` than it was trained for (more
+  ``meta_steps`` continue training; ``meta_loss.keras``, ``config.json`` and the results are
+  rewritten when that finishes);
+* a meta-test that diverges (a non-finite curve) is an error naming the split, the arm and
+  the step; no ``results.json`` is written, the trained files are kept.
 """
 
 from __future__ import annotations
@@ -23,17 +36,21 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ml3tf.checkpoint import Checkpointer
+from ml3tf.lock import LOCK_NAME, RunDirLock
 from ml3tf.meta_loss import load_meta_loss
 from ml3tf.meta_trainer import MetaStepInfo, MetaTrainConfig, MetaTrainer
-from ml3tf.results import atomic_write_text, plot_results, write_results
+from ml3tf.results import atomic_write_text, first_non_finite, json_safe, plot_results, write_results
 from ml3tf.task import Task
 
 log = logging.getLogger("ml3tf")
@@ -105,23 +122,57 @@ def _task_options(task: Task) -> dict[str, Any]:
     return describe() if describe else {}
 
 
-def _run_record(task: Task, config: MetaTrainConfig) -> dict[str, Any]:
+def _run_record(task: Task, config: MetaTrainConfig, seeds: Sequence[int]) -> dict[str, Any]:
     return {
         "task": task.name,
         "task_options": json.loads(json.dumps(_task_options(task))),
         "config": config.to_dict(),
+        "seeds": [int(s) for s in seeds],
     }
 
 
+OUTPUT_NAMES = ("meta_loss.keras", "learner.keras")
+
+
+def checkpoint_step(run_dir: str) -> int | None:
+    """Meta-steps of the newest checkpoint in ``run_dir/checkpoints`` (``None``: none)."""
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isfile(os.path.join(directory, "checkpoint")):
+        return None
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except Exception:  # an unreadable index: Checkpointer.restore reports it
+        return None
+    match = re.search(r"-(\d+)$", state.model_checkpoint_path or "") if state is not None else None
+    return int(match.group(1)) if match else None
+
+
+def holds_run(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds a trained (or partly trained) run: a checkpoint or a result file."""
+    return checkpoint_step(run_dir) is not None or any(
+        os.path.exists(os.path.join(run_dir, name)) for name in OUTPUT_NAMES
+    )
+
+
+def _write_record(run_dir: str, record: dict[str, Any]) -> None:
+    atomic_write_text(
+        os.path.join(run_dir, "config.json"), json.dumps(record, indent=1, allow_nan=False) + "\n"
+    )
+
+
 def _check_resume(run_dir: str, record: dict[str, Any]) -> None:
+    if not holds_run(run_dir):
+        return  # empty, or a run that failed before its first checkpoint: it is replaced
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
-        return
+        raise ValueError(f"out_dir {run_dir!r} holds a trained run but no config.json; use another --out-dir")
     try:
         with open(path) as f:
             old = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path!r} is not a readable config.json: {exc}") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{path!r} is not a readable config.json: not a JSON object")
     if old.get("task") != record["task"]:
         raise ValueError(
             f"out_dir {run_dir!r} holds a run of task {old.get('task')!r}, not {record['task']!r}"
@@ -140,6 +191,90 @@ def _check_resume(run_dir: str, record: dict[str, Any]) -> None:
                 f"out_dir {run_dir!r} holds a run with {key}={old.get('config', {}).get(key)!r}; "
                 f"cannot resume it with {key}={value!r} (use another --out-dir)"
             )
+    old_seeds = old.get("seeds")  # absent in runs written before ml3tf 0.2
+    if old_seeds is not None and list(old_seeds) != record["seeds"]:
+        raise ValueError(
+            f"out_dir {run_dir!r} holds a run of seeds {old_seeds}; cannot run seeds {record['seeds']} "
+            f"there (use another --out-dir)"
+        )
+    trained = checkpoint_step(run_dir)
+    wanted = record["config"]["meta_steps"]
+    if trained is not None and trained > wanted:
+        raise ValueError(
+            f"out_dir {run_dir!r} holds a run trained for {trained} meta-steps; cannot re-run it with "
+            f"meta_steps={wanted} (more meta-steps continue training; use another --out-dir for fewer)"
+        )
+
+
+def _seed_dirs(out: str) -> list[int]:
+    """Seeds of the ``seed_<s>/`` folders in ``out`` that hold a run."""
+    if not os.path.isdir(out):
+        return []
+    found = []
+    for name in os.listdir(out):
+        match = re.fullmatch(r"seed_(\d+)", name)
+        if match and holds_run(os.path.join(out, name)):
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def _check_layout(out: str, seeds: list[int]) -> None:
+    """One folder, one layout: a single-seed run in ``out`` or ``seed_<s>/`` runs of one seed set."""
+    in_subdirs = _seed_dirs(out)
+    if len(seeds) == 1 and in_subdirs:
+        raise ValueError(
+            f"out_dir {out!r} holds runs of seeds {in_subdirs} (seed_<s>/ folders); cannot run seeds "
+            f"{seeds} there (use another --out-dir)"
+        )
+    if len(seeds) > 1:
+        if holds_run(out):
+            raise ValueError(
+                f"out_dir {out!r} holds a single-seed run; cannot run seeds {seeds} there "
+                f"(use another --out-dir)"
+            )
+        if set(in_subdirs) - set(seeds):
+            raise ValueError(
+                f"out_dir {out!r} holds runs of seeds {in_subdirs}; cannot run seeds {seeds} there "
+                f"(use another --out-dir)"
+            )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), if known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+#: Meta-batches up to this size are never checked (their data is small on any task).
+_CHECKED_META_BATCH = 256
+
+
+def _check_meta_batch_fits(task: Task, config: MetaTrainConfig) -> None:
+    """Refuse up front a meta-batch whose data alone cannot be allocated (no work done yet)."""
+    if config.meta_batch_size <= _CHECKED_META_BATCH:
+        return
+    available = _available_memory()
+    if available is None:
+        return
+    one = task.sample(config.seed, 0, 1)
+    arrays = {id(x): x for x in tf.nest.flatten([one.support, one.query, one.extra]) if hasattr(x, "shape")}
+    per_task = sum(int(np.prod(x.shape)) * tf.as_dtype(x.dtype).size for x in arrays.values())
+    need = per_task * config.meta_batch_size
+    if need > available:
+        raise ValueError(
+            f"meta_batch_size={config.meta_batch_size} needs at least {need / 2**30:.1f} GiB for one "
+            f"meta-batch of data ({per_task} bytes per task), this machine has {available / 2**30:.1f} GiB "
+            f"available"
+        )
 
 
 def _read_metrics(path: str, before_step: int) -> list[str]:
@@ -178,6 +313,27 @@ def load_learner(path: str) -> keras.Model:
         raise ValueError(str(exc).replace("meta-loss file", "learner file")) from None
 
 
+def check_meta_loss_fits(task: Task, meta_loss: keras.Model, path: str) -> None:
+    """A loaded loss network must take the features ``task`` feeds (its own meta-loss's input size)."""
+    want = _input_size(task.make_meta_loss())
+    got = _input_size(meta_loss)
+    if want is not None and got is not None and want != got:
+        raise ValueError(
+            f"meta-loss file {path!r} takes {got} input features, task {task.name!r} feeds its loss "
+            f"network {want}: it was trained for another task"
+        )
+
+
+def _input_size(model: keras.Model) -> int | None:
+    size = getattr(model, "input_dim", None)
+    if size is None:
+        try:
+            size = model.inputs[0].shape[-1]
+        except (AttributeError, IndexError, ValueError):
+            return None
+    return None if size is None else int(size)
+
+
 def _learner_params(model: keras.Model) -> list:
     return [v.numpy() for v in model.trainable_variables]
 
@@ -198,6 +354,7 @@ def train_one(
     run_dir: str,
     on_step: StepCallback | None = None,
     trainer: MetaTrainer | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> str:
     """Meta-train ``config.seed`` into ``run_dir`` (resuming if possible); returns the ``.keras`` path
     of what was learned: ``meta_loss.keras`` (``ml3``, ``ml3+maml``; the latter also writes
@@ -205,11 +362,13 @@ def train_one(
 
     ``trainer``: a ``MetaTrainer`` for the same task and config (any seed) to reuse
     — it is ``reset`` to ``config.seed``, which saves tracing its step again.
+    ``seeds``: the seed set this run belongs to (recorded in ``config.json``; default
+    ``[config.seed]``). The caller holds the folder's lock (``train`` does).
     """
-    record = _run_record(task, config)
+    record = _run_record(task, config, [config.seed] if seeds is None else seeds)
     _check_resume(run_dir, record)
     os.makedirs(run_dir, exist_ok=True)
-    atomic_write_text(os.path.join(run_dir, "config.json"), json.dumps(record, indent=1) + "\n")
+    fresh = not holds_run(run_dir)  # config.json is (re)written with the first checkpoint
 
     if trainer is None:
         trainer = MetaTrainer(task, config)
@@ -245,7 +404,9 @@ def train_one(
             end = _chunk_end(step, config)
             infos = trainer.run_steps(step, end - step)  # raises NonFiniteError; no checkpoint then
             for k, info in enumerate(infos):
-                metrics.write(json.dumps({"step": step + k, **info._asdict()}) + "\n")
+                metrics.write(
+                    json.dumps(json_safe({"step": step + k, **info._asdict()}), allow_nan=False) + "\n"
+                )
                 if writer is not None:
                     with writer.as_default(step=step + k):
                         for name, value in info._asdict().items():
@@ -260,10 +421,20 @@ def train_one(
                     [config.seed],
                     **({"initial_params": [_learner_params(trainer.learner)]} if config.learns_init else {}),
                 )
-                metrics.write(json.dumps({"step": step - 1, "eval": res["final"]}) + "\n")
+                line: dict[str, Any] = {"step": step - 1, "eval": json_safe(res["final"])}
+                diverged = first_non_finite(res)
+                if diverged is not None:
+                    line["diverged"] = dict(zip(("split", "arm", "step"), diverged, strict=True))
+                    log.warning(
+                        "seed %d: the evaluation at meta-step %d diverged %s", config.seed, step, diverged
+                    )
+                metrics.write(json.dumps(line, allow_nan=False) + "\n")
             if step % config.checkpoint_every == 0 or step == config.meta_steps:
                 metrics.flush()
                 os.fsync(metrics.fileno())
+                if fresh:
+                    _write_record(run_dir, record)
+                    fresh = False
                 ckpt.save(step)
     if writer is not None:
         writer.close()
@@ -271,6 +442,7 @@ def train_one(
         save_meta_loss(trainer.meta_loss, loss_path)
     if config.learns_init:
         save_meta_loss(trainer.learner, learner_path)
+    _write_record(run_dir, record)  # describes the files just written
     return outputs[0]
 
 
@@ -307,17 +479,40 @@ def train(
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("tensorboard=True needs the tensorboard package: pip install 'ml3tf[tensorboard]'")
     run_dirs = [out] if len(seeds) == 1 else [os.path.join(out, f"seed_{s}") for s in seeds]
-    for run_dir, seed in zip(run_dirs, seeds, strict=True):  # refuse before writing anything
-        _check_resume(run_dir, _run_record(task, config.replace(seed=seed)))
-    trainer = MetaTrainer(task, config.replace(seed=seeds[0]))  # one trace serves every seed
-    for run_dir, seed in zip(run_dirs, seeds, strict=True):
-        train_one(task, config.replace(seed=seed), run_dir, on_step, trainer)
-    paths = [os.path.join(d, "meta_loss.keras") for d in run_dirs] if config.learns_loss else []
-    learners = [os.path.join(d, "learner.keras") for d in run_dirs] if config.learns_init else []
-    results = None
-    if evaluate:
-        results = evaluate_files(task, paths, config, out, seeds, learner_paths=learners or None)
+
+    def check() -> None:  # refuse before writing anything
+        _check_layout(out, seeds)
+        for run_dir, seed in zip(run_dirs, seeds, strict=True):
+            _check_resume(run_dir, _run_record(task, config.replace(seed=seed), seeds))
+
+    check()
+    _check_meta_batch_fits(task, config)
+    created = not os.path.exists(out)
+    lock = RunDirLock(out).acquire()
+    try:
+        check()  # again under the lock: another process may have written meanwhile
+        trainer = MetaTrainer(task, config.replace(seed=seeds[0]))  # one trace serves every seed
+        for run_dir, seed in zip(run_dirs, seeds, strict=True):
+            train_one(task, config.replace(seed=seed), run_dir, on_step, trainer, seeds)
+        paths = [os.path.join(d, "meta_loss.keras") for d in run_dirs] if config.learns_loss else []
+        learners = [os.path.join(d, "learner.keras") for d in run_dirs] if config.learns_init else []
+        results = None
+        if evaluate:
+            results = _evaluate_locked(task, paths, config, out, seeds, learner_paths=learners or None)
+    except BaseException:
+        if created:
+            _remove_if_empty_run(out, run_dirs)
+        raise
+    finally:
+        lock.release()
     return TrainResult(out, run_dirs, paths, results, learners)
+
+
+def _remove_if_empty_run(out: str, run_dirs: list[str]) -> None:
+    """Remove the folder a failed call created, if no run made it to a checkpoint."""
+    if any(holds_run(d) for d in run_dirs):
+        return
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def evaluate_files(
@@ -332,10 +527,36 @@ def evaluate_files(
 ) -> dict:
     """Meta-test saved loss networks (one, or one per seed); write ``results.json`` (+ PNG).
 
+    Holds ``out_dir``'s lock while it works. Raises ``ValueError`` (one line) on bad
+    arguments, a meta-loss whose input size does not fit the task, or a diverged meta-test.
+
     ``learner_paths`` (MAML): ``learner.keras`` files whose weights are the meta-learned θ₀
     the ``learned`` arm starts from; ``meta_loss_paths`` may then be empty (plain MAML:
     the learned arm adapts with the baseline loss).
     """
+    out = check_out_dir(out_dir)
+    created = not os.path.exists(out)
+    lock = RunDirLock(out).acquire()
+    try:
+        return _evaluate_locked(task, meta_loss_paths, config, out, seeds, steps, plot, learner_paths)
+    except BaseException:
+        if created and set(os.listdir(out)) <= {LOCK_NAME}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _evaluate_locked(
+    task: Task,
+    meta_loss_paths: Sequence[str],
+    config: MetaTrainConfig,
+    out: str,
+    seeds: Sequence[int],
+    steps: int | None = None,
+    plot: bool = True,
+    learner_paths: Sequence[str] | None = None,
+) -> dict:
     seeds = check_seeds(seeds)
     for name, given in (("meta-loss", meta_loss_paths), ("learner", learner_paths)):
         if given and len(given) not in (1, len(seeds)):
@@ -344,12 +565,21 @@ def evaluate_files(
             )
     if not meta_loss_paths and not learner_paths:
         raise ValueError("give at least one meta-loss file or learner file")
-    out = check_out_dir(out_dir)
     losses = [load_meta_loss(p) for p in meta_loss_paths]
+    for path, loss in zip(meta_loss_paths, losses, strict=True):
+        check_meta_loss_fits(task, loss, path)
     kwargs = {}
     if learner_paths:
         kwargs["initial_params"] = [_learner_params(load_learner(p)) for p in learner_paths]
     results = task.evaluate(losses, config, seeds, steps, **kwargs)
+    diverged = first_non_finite(results)
+    if diverged is not None:
+        split, arm, step = diverged
+        raise ValueError(
+            f"meta-test diverged: the {arm} arm's {results.get('metric', 'metric')} on the {split} tasks "
+            f"is not finite from step {step} on (inner_lr={config.inner_lr}); results.json not written, "
+            f"the trained files are kept"
+        )
     results["meta_loss_files"] = [os.path.abspath(p) for p in meta_loss_paths]
     if learner_paths:
         results["learner_files"] = [os.path.abspath(p) for p in learner_paths]

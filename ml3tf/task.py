@@ -116,6 +116,9 @@ class SupervisedTask:
     """
 
     name = "supervised"
+    #: What a ``LearnedLoss`` of this task's loss network scores: ``"regression"`` (ŷ, y) or
+    #: ``"classification"`` (class probabilities, one-hot y). ``ml3tf export`` reads it.
+    loss_kind = "regression"
     metric_name = "mse"
     baseline_name = "mse"
     higher_is_better = False

@@ -161,6 +161,7 @@ class ClassificationTask(SupervisedTask):
     """Binary (class pairs) or 10-way image classification (see the module docstring)."""
 
     name = "classification"
+    loss_kind = "classification"
     Options = ClassificationOptions
     metric_name = "accuracy"
     baseline_name = "cross_entropy"
