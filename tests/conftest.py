@@ -1,10 +1,10 @@
-"""Shared fixtures. Tests run on CPU; gradient checks in float64 (DESIGN §4)."""
+"""Shared fixtures. Tests run on CPU; gradient checks in float64."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The RL tests use TF-Agents, whose Keras-2 parts need this before TensorFlow is imported
-# (tasks/rl_env.py, DESIGN §4). It changes only `tf.keras`; `import keras` stays Keras 3,
+# (tasks/rl_env.py). It changes only `tf.keras`; `import keras` stays Keras 3,
 # so the rest of the suite runs exactly as a user's RL process would.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 

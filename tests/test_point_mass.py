@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import ml3tf
-import ml3tf.tasks.rl_env as rl_env  # first: selects Keras 2 for tf.keras before TensorFlow (DESIGN §4)
+import ml3tf.tasks.rl_env as rl_env  # first: selects Keras 2 for tf.keras before TensorFlow
 from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
 from ml3tf.meta_loss import load_meta_loss

@@ -103,7 +103,7 @@ def test_keras_policy_matches_the_network_and_explicit_params():
             policy.action(step).action.numpy(), np.tanh(obs @ theta[0] + theta[1]), rtol=1e-6
         )
         # TF-Agents tracks the explicit params; Keras 3 weights are invisible to its module
-        # tracking (DESIGN §4), so _variables() adds them.
+        # tracking, so _variables() adds them.
         assert len(policy.variables()) == 2 and len(policy._variables()) == 4
         with pytest.raises(ValueError, match="shapes"):
             policy.set_params([np.zeros((2, 1), np.float32), np.zeros(1, np.float32)])
