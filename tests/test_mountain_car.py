@@ -100,11 +100,36 @@ def test_clip_gradient_modes_differ_only_in_the_gradient():
         assert float(tape.gradient(p, s)[0, 1]) == pytest.approx(want * 0.1 * 0.97)
 
 
-def test_ilqr_equals_closed_form_lqr():
+def _lqr_problem():
     rng = np.random.default_rng(1)
     a = np.eye(3) + 0.1 * rng.normal(size=(3, 3))
     b = rng.normal(size=(3, 2))
     q, r, qf = np.diag([1.0, 2.0, 0.5]), np.diag([0.3, 0.1]), 5.0 * np.eye(3)
+    return rng, a, b, q, r, qf
+
+
+def _riccati_error_bound(a, b, q, r, qf, gains):
+    """A forward-error bound on K_t for two float64 evaluations of the same Riccati recursion
+    in different op orders (iLQR's Cholesky pass on 2Q, 2R vs ``lqr_riccati``'s LU solve).
+
+    Each step rounds P_t and K_t locally at a relative c·eps (c = 16: a few flops per entry for
+    n = 3, with the cancellation in P = Q + A'PA − A'PB S⁻¹ B'PA), amplified by κ(S_t),
+    S_t = R + B'P_{t+1}B, in the solve; an error δP in P_{s} reaches P_t (t < s) as
+    A_cl' δP A_cl once per step in between (A_cl = A + BK; to first order δK drops out of P
+    because K is optimal), so it grows at most by G = max_{t≤s} Π_{t≤i<s} ‖A_cl,i‖². Summed
+    over the T steps: |δK| ≤ T · G · max κ(S) · c · eps · max|K|.
+    """
+    p, conds, norms = np.asarray(qf, np.float64), [], []
+    for k in gains[::-1]:
+        conds.append(np.linalg.cond(r + b.T @ p @ b))
+        norms.append(np.linalg.norm(a + b @ k, 2) ** 2)
+        p = q + a.T @ p @ a + a.T @ p @ b @ k
+    growth = max(np.prod(norms[i:j]) for i in range(len(norms)) for j in range(i, len(norms) + 1))
+    return len(gains) * growth * max(conds) * 16 * np.finfo(np.float64).eps * np.abs(gains).max()
+
+
+def test_ilqr_equals_closed_form_lqr():
+    rng, a, b, q, r, qf = _lqr_problem()
     x0, horizon = np.array([1.0, -2.0, 0.5]), 12
     cost = quadratic_cost(q, r, qf, np.zeros(3))
     sol = ilqr(
@@ -122,11 +147,100 @@ def test_ilqr_equals_closed_form_lqr():
     for t in range(horizon):
         us.append(gains[t] @ xs[-1])
         xs.append(a @ xs[-1] + b @ us[-1])
+    # Gains: the bound above is 1.3e-12 for this problem (T = 12, κ(S) ≤ 4.5, G ≈ 7,
+    # max|K| = 1.06); the two recursions agree to ~1e-15 in practice. The gains of a
+    # regularised pass (μ = 1e-6, the bug this guards against) are off by 6e-7, and any
+    # μ ≳ 1e-11 is caught.
+    gain_tol = _riccati_error_bound(a, b, q, r, qf, gains)
+    assert gain_tol < 1e-10
+    np.testing.assert_allclose(sol.gains, gains, rtol=0, atol=gain_tol)
+    assert sol.regularization == 0.0
+    # Trajectory: one Newton step from random ū (|ū| ≤ 2.7, |x̄| ≤ 6, |k| ≤ 5.6), so rounding
+    # acts on values up to ~10 (10× the gains' scale) in the same recursion, then propagates
+    # through A_cl over 12 steps (G ≈ 7): ≲ 10 · 7 · 1.3e-12 ≈ 1e-10, under 1e-8 with margin
+    # (measured: 4e-15). A wrong control at any step (a bug) moves them by O(0.1..1); the
+    # μ = 1e-6 gains would move them by ~1e-6.
     np.testing.assert_allclose(sol.controls, np.stack(us), atol=1e-8)
     np.testing.assert_allclose(sol.states, np.stack(xs), atol=1e-8)
-    np.testing.assert_allclose(sol.gains, gains, atol=1e-8)
     assert sol.costs[-1] <= sol.costs[0]
+    # Both trajectories obey the dynamics from x_0, so they differ by a control perturbation
+    # δu ≲ 1e-10 at the optimum, where J is stationary: δJ = O(|δu|²) plus the rounding of the
+    # 25-term sum (~25 eps relative); rtol 1e-10 is far above both. A cost that is not the
+    # returned trajectory's (a stale entry, a term left out: the bug) is off by O(1).
     np.testing.assert_allclose(sol.costs[-1], cost.total(np.stack(xs), np.stack(us)), rtol=1e-10)
+
+
+def _spy_backward(monkeypatch):
+    """Record every backward pass iLQR runs: (states, controls, μ, (k, K) or None)."""
+    import ml3tf.tasks.ilqr as ilqr_mod
+
+    passes, real = [], ilqr_mod._backward
+
+    def spy(jacobians, cost, xs, us, mu):
+        out = real(jacobians, cost, xs, us, mu)
+        passes.append((xs.copy(), us.copy(), mu, out))
+        return out
+
+    monkeypatch.setattr(ilqr_mod, "_backward", spy)
+    return passes
+
+
+def test_ilqr_returns_the_gains_of_the_pass_that_produced_the_trajectory(monkeypatch):
+    """After convergence the line search fails, μ rises and the backward pass runs again
+    (regularised): those passes must not replace the returned gains.
+
+    x' = x + u, J = u_0² + x_1², x_0 = 2, T = 1, from u_0 = 0, μ = 0. Every intermediate is
+    a small dyadic rational, so the arithmetic is exact on any IEEE machine: the first pass
+    gives Q_uu = 4, Q_ux = 2, Q_u = 4, so k = −1, K = −½; its α = 1 step reaches the optimum
+    u_0 = −1, x_1 = 1, J = 2. The second pass there gives k = 0 exactly, so no α changes J,
+    the line search fails, and μ goes 1e-6 … 1e10, each pass giving K = −2/(4 + μ) ≠ −½
+    (before the fix the μ = 1e10 pass was returned: K ≈ −2e-10).
+    """
+    passes = _spy_backward(monkeypatch)
+    cost = quadratic_cost([[0.0]], [[1.0]], [[1.0]], [0.0])
+    sol = ilqr(
+        lambda x, u: x + u, lambda x, u: (np.eye(1), np.eye(1)), cost, [2.0], [[0.0]], regularization=0
+    )
+    np.testing.assert_array_equal(sol.controls, [[-1.0]])
+    np.testing.assert_array_equal(sol.states, [[2.0], [1.0]])
+    assert sol.costs == [4.0, 2.0]
+    # the path under test ran: regularised passes at the returned trajectory after the accepted step
+    assert [mu for *_, mu, _ in passes[:2]] == [0.0, 0.0] and len(passes) > 2
+    assert all(mu > 0 and np.array_equal(xs, sol.states) for xs, _, mu, _ in passes[2:])
+    # the gains of the pass whose forward pass produced the trajectory (the first), which here
+    # (linear-quadratic: K does not depend on the trajectory) equal the unregularised pass at it
+    ff0, gains0 = passes[0][3]
+    np.testing.assert_array_equal(sol.gains, gains0)
+    np.testing.assert_array_equal(sol.gains, passes[1][3][1])
+    np.testing.assert_array_equal(sol.gains, [[[-0.5]]])
+    np.testing.assert_array_equal(sol.feedforward, ff0)
+    np.testing.assert_array_equal(sol.feedforward, [[-1.0]])
+    assert sol.regularization == 0.0
+
+
+def test_ilqr_started_at_the_optimum_returns_the_least_regularised_gains(monkeypatch):
+    """x_0 = goal, ū = 0: J = 0 exactly and every pass gives k = 0 exactly (Q_u = 0), so no step
+    is ever accepted and μ rises to 1e10. The returned gains are those of the first pass, at the
+    (initial = returned) trajectory with μ = 0: the Riccati gains, within the bound derived in
+    ``_riccati_error_bound``."""
+    passes = _spy_backward(monkeypatch)
+    _, a, b, q, r, qf = _lqr_problem()
+    horizon = 12
+    cost = quadratic_cost(q, r, qf, np.zeros(3))
+    sol = ilqr(
+        lambda x, u: a @ x + b @ u,
+        lambda x, u: (a, b),
+        cost,
+        np.zeros(3),
+        np.zeros((horizon, 2)),
+        regularization=0,
+    )
+    assert sol.costs == [0.0] and len(passes) > 1 and passes[-1][2] > 1e9
+    np.testing.assert_array_equal(sol.gains, passes[0][3][1])
+    gains = lqr_riccati(a, b, q, r, qf, horizon)
+    np.testing.assert_allclose(sol.gains, gains, rtol=0, atol=_riccati_error_bound(a, b, q, r, qf, gains))
+    np.testing.assert_array_equal(sol.feedforward, np.zeros((horizon, 2)))
+    assert sol.regularization == 0.0
 
 
 def test_ilqr_on_mountain_car_runs_and_respects_the_bounds():
