@@ -12,6 +12,7 @@ from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
 from ml3tf.tasks import mountain_car as mc
 from ml3tf.tasks.ilqr import ilqr, lqr_riccati, quadratic_cost, rollout
+from tests.numerics import dense_forward_bound
 
 # (p, v, a) chosen to hit every branch of the step: free motion, |v| > 1.5 both ways,
 # p > 0.5, p < −1.2 with v < 0 (v := 0 at the wall), p < −1.2 with v ≥ 0 impossible after
@@ -49,6 +50,10 @@ def test_tf_step_equals_numpy_transcription(dtype, straight_through):
     states, actions = CASES[:, :2], CASES[:, 2]
     want = mc.step_numpy(states, actions)
     got = mc.step(tf.constant(states, dtype), tf.constant(actions, dtype), straight_through).numpy()
+    # float32 (elementwise, so the same on every IEEE machine but for cos's ulps): the inputs,
+    # constants, 3p, cos(3p) (≤ 19u), the bracket's sums and products and the two updates, each
+    # rounded at ≤ u·|value ≤ 3.6| and passed on with a slope ≤ 1.1, total ≤ 11u = 6.6e-7 in v
+    # and less in p; float64 is ~1e-15. A wrong constant or branch is off by ≥ 1e-3.
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert want[5, 0] == -1.2 and want[5, 1] == 0.0  # the left wall stops the car
     assert want[4, 0] == 0.5 and want[2, 1] == 1.5 and want[3, 1] == -1.5
@@ -60,6 +65,8 @@ def test_tf_step_equals_numpy_transcription(dtype, straight_through):
         a = rng.uniform(-0.4, 0.4, size=8)
         s_np = mc.step_numpy(s_np, a)
         s_tf = mc.step(s_tf, tf.constant(a), straight_through)
+    # float64 on both sides: the difference stays ~1e-15 × the 35 steps' growth; 1e-6 is there to
+    # catch a wrong branch or constant (≥ 1e-3), not rounding
     np.testing.assert_allclose(s_tf.numpy(), s_np, atol=1e-6)
 
 
@@ -261,8 +268,19 @@ def test_features_losses_and_rollout_match_numpy():
     states, actions = task.rollout(f, params, start)
     w = (params[0].numpy() @ params[1].numpy())[:, 0]  # the policy is linear: a = w·s
     ref_s, ref_a = mc.rollout_numpy(lambda s: w @ s)
+    # TF float32 against NumPy float64. The policy a = (s W₁) W₂ (200 hidden units) is a sum
+    # that cancels to |a| ≤ 0.0025: its float32 forward bound (``tests.numerics``) is ~1e-5,
+    # above the old atol 1e-5 for the actions, so that is their tolerance now (measured 1.5e-8).
+    # The states: each step's own roundings are ≤ 1.6u here (|p| ≤ 0.55, |v| ≤ 0.06, cos within
+    # 3u; see test_tf_step_equals_numpy_transcription) and the action's enter v with slope 0.5;
+    # an error made at one step reaches a later one through the product of the closed-loop
+    # Jacobians in between (mc._jacobians + w; no clip acts), of norm ≤ 2.24 on this trajectory.
+    # The step roundings give ≤ 35·2.24·1.6u = 7.5e-6; the policy's, at their typical √200·u
+    # size rather than the worst case, about as much: atol 1e-5 (measured 2e-7). A wrong
+    # constant or clip is off by ≥ 1e-3 in the states, a wrong policy by ≥ 1e-4 in the actions.
     np.testing.assert_allclose(states.numpy(), ref_s, atol=1e-5)
-    np.testing.assert_allclose(actions.numpy()[:, 0], ref_a, atol=1e-5)
+    policy_bound = dense_forward_bound([(p.numpy(), None, "linear") for p in params], ref_s[:-1])[1].max()
+    np.testing.assert_allclose(actions.numpy()[:, 0], ref_a, atol=policy_bound + 1e-5 * np.abs(w).sum())
     feats, _ = task.meta_loss_inputs(f, params, [], {"start": start})
     goal = np.array(mc.GOAL)
     assert feats.shape == (35, 4)
@@ -364,8 +382,17 @@ def test_environment_through_tf_agents_equals_the_tf_rollout(mce):
     states, actions = task.rollout(f, params, np.array(mc.START, np.float32))
     out = mce.run_policy(learner, params)
     assert out["states"].shape == (36, 2)
+    # The environment steps the physics in NumPy float64, the TF rollout in float32: a few u per
+    # step, carried along by the closed loop and reset wherever a clip acts (the car reaches the
+    # wall and the speed limit; 33 of the 35 actions sit at ±0.25, ≥ 0.08 inside the raw
+    # policy's range, so no clip decision can flip). Measured ≤ 1.2e-7 in the states; atol 1e-5
+    # leaves ~80× for other machines' cos/dot-product rounding. The two unclipped actions are
+    # w·s with |w|₁ = 4.0 (4 × the states' 1e-5), each computed by the 2 → 200 → 1 policy in
+    # float32 within its forward bound (``tests.numerics``: 2.6e-5 at those states, twice for
+    # the two evaluations): atol 1e-4 (the old 1e-6 was below both; measured 7e-8). Other
+    # physics or a missed clip is off by ≥ 1e-2.
     np.testing.assert_allclose(out["states"], states.numpy(), atol=1e-5)
-    np.testing.assert_allclose(out["actions"], actions.numpy()[:, 0], atol=1e-6)
+    np.testing.assert_allclose(out["actions"], actions.numpy()[:, 0], atol=1e-4)
     want_return = -np.linalg.norm(states.numpy()[1:] - np.array(mc.GOAL), axis=1).sum()
     assert out["return"] == pytest.approx(want_return, rel=1e-5)
     assert np.any(np.isclose(np.abs(out["actions"]), 0.25)) and np.any(np.abs(out["actions"]) < 0.2)
@@ -412,6 +439,9 @@ def test_adapted_policy_through_tf_agents_equals_meta_test(mce):
     out = task.meta_test(meta_loss, params0, steps=1, learning_rate=1.0)
     env_out = mce.run_policy(task.make_learner(), theta, env=mce.AuthorsMountainCarEnv(horizon=10))
     assert env_out["states"].shape == (11, 2)
+    # float64 environment vs float32 meta-test: every action is clipped at −0.25 (the raw ones
+    # are ≤ −0.36), so it is 10 open-loop steps of ≤ 12u each, grown by ≤ 2.2 along them:
+    # ≤ 10·2.2·12u = 1.6e-5 (measured 9e-8). Another θ or physics is off by ≥ 1e-2.
     np.testing.assert_allclose(env_out["states"][:, 0], out["positions"][0, -1], atol=1e-4)
     np.testing.assert_allclose(env_out["states"][:, 1], out["velocities"][0, -1], atol=1e-4)
 
@@ -424,8 +454,16 @@ def test_gymnasium_mountain_car_continuous_runs_with_scaled_actions(mce):
     out = mce.run_policy(learner, params, env=env, action_scale=4.0)
     assert out["states"].shape == (21, 2) and out["actions"].shape == (20,)
     f = FunctionalModel(learner)
-    want = np.clip(4.0 * f(params, out["states"][:-1].astype(np.float32)).numpy()[:, 0], -1.0, 1.0)
-    np.testing.assert_allclose(out["actions"], want, rtol=1e-5, atol=1e-6)
+    obs = out["states"][:-1].astype(np.float32)
+    want = np.clip(4.0 * f(params, obs).numpy()[:, 0], -1.0, 1.0)
+    # The policy (2 → 200 → 1, linear) on the same float32 observations, one at a time in the
+    # environment and batched here: two float32 evaluations in other summation orders, each
+    # within its forward bound (``tests.numerics``; the 200-term sums make it ~1e-5), scaled
+    # by 4 (measured 1.2e-7; the old atol 1e-6 was below the bound). A missing action scale or
+    # clip is off by ≥ 0.1.
+    kernels = [(p.numpy(), None, "linear") for p in params]
+    atol = 2 * 4.0 * dense_forward_bound(kernels, obs)[1].max()
+    np.testing.assert_allclose(out["actions"], want, rtol=1e-5, atol=atol)
     # gymnasium's own physics: v' = v + 0.0015·a − 0.0025·cos(3p), p' = p + v'
     p, v = out["states"][0]
     v1 = v + 0.0015 * want[0] - 0.0025 * np.cos(3 * p)
