@@ -210,6 +210,7 @@ def test_tiny_end_to_end_run_refits_and_writes_results(tmp_path, tiny_task):
             assert len(curve) == 3 and all(0 <= v < 0.5 for v in curve)
         # one policy init for all arms (learner_init="fixed"): same distance before any step
         c = res["curves"][split]
+        # exact: point 0 of every arm is final_distance of the very same θ₀ tensors (the same code)
         assert c["learned"]["mean"][0] == c["baseline"]["mean"][0] == c["baseline_best_lr"]["mean"][0]
     assert res["baseline_best_lr"][0] in TINY["baseline_lrs"]
     assert os.path.exists(run.meta_loss_paths[0])
