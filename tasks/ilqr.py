@@ -13,9 +13,17 @@ takes second-order cost expansions, and runs the backward Riccati-like pass
     V_x  = Q_x + K'Q_uu k + K'Q_u + Q_ux'k      V_xx = Q_xx + K'Q_uu K + K'Q_ux + Q_ux'K
 
 then the forward pass u_t = ū_t + α k_t + K_t (x_t − x̄_t) (clipped to ``u_bounds``),
-with a line search over α and Levenberg–Marquardt adaptation of μ. On a linear system
-with a quadratic cost one iteration from any ū (α = 1, μ = 0) is the closed-form LQR
-solution (tested against the Riccati recursion).
+with a line search over α and Levenberg–Marquardt adaptation of μ: ÷10 after an accepted
+step (0 once μ ≤ 1e-12), ×10 (at least 1e-6) when no α lowers J or Q_uu is not positive
+definite, giving up above 1e10. On a linear system with a quadratic cost one iteration from
+any ū (α = 1, μ = 0) is the closed-form LQR solution (tested against the Riccati recursion).
+
+The returned K_t, k_t and μ are those of the backward pass whose forward pass produced the
+returned trajectory (x̄, ū), so u_t = ū_t + K_t (x − x̄_t) is the feedback law that generated
+it (where no control was clipped). The passes that run after the last accepted step (once J
+cannot decrease in floating point the line search fails and μ rises) do not replace them. If
+no step was accepted, the returned trajectory is the initial one and they come from the
+first (least regularised) backward pass at it.
 
 Example:
     >>> cost = quadratic_cost(np.eye(2), np.eye(1), np.eye(2), goal=np.zeros(2))
@@ -83,9 +91,12 @@ class ILQRSolution:
     controls: np.ndarray
     """u_0 … u_{T−1}, ``(T, m)``."""
     gains: np.ndarray
-    """K_t of the last backward pass, ``(T, m, n)``."""
+    """K_t of the backward pass that produced ``states``/``controls`` (module docstring), ``(T, m, n)``;
+    zeros if no backward pass succeeded."""
     feedforward: np.ndarray
-    """k_t of the last backward pass, ``(T, m)``."""
+    """k_t of that backward pass, ``(T, m)``: the step it proposed (the forward pass took α k_t)."""
+    regularization: float
+    """μ of that backward pass (0: the exact Newton/LQR gains); NaN if no backward pass succeeded."""
     costs: list[float] = field(default_factory=list)
     """J after each accepted iteration (first entry: the initial controls)."""
 
@@ -147,7 +158,10 @@ def ilqr(
     j = cost.total(xs, us)
     costs = [j]
     mu = float(regularization)
-    gains, ff = np.zeros((horizon, m, n)), np.zeros((horizon, m))
+    # (k, K, μ) of the backward pass that produced (xs, us): replaced only when a step is
+    # accepted (or by the first successful pass while (xs, us) is still the initial trajectory),
+    # never by the passes that run after the last accepted step.
+    returned: tuple[np.ndarray, np.ndarray, float] | None = None
     for _ in range(iterations):
         backward = _backward(jacobians, cost, xs, us, mu)
         if backward is None:  # Q_uu not positive definite: regularise more
@@ -156,6 +170,8 @@ def ilqr(
                 break
             continue
         ff, gains = backward
+        if returned is None:  # no step accepted yet: (xs, us) is the initial trajectory
+            returned = (ff, gains, mu)
         accepted = False
         for alpha in line_search:
             new_us, new_xs = _forward(dynamics, xs, us, ff, gains, alpha, u_bounds)
@@ -170,11 +186,15 @@ def ilqr(
             continue
         decrease = (j - new_j) / max(abs(j), 1e-12)
         xs, us, j = new_xs, new_us, new_j
+        returned = (ff, gains, mu)
         costs.append(j)
         mu = mu / 10.0 if mu > 1e-12 else 0.0
         if decrease < tolerance:
             break
-    return ILQRSolution(states=xs, controls=us, gains=gains, feedforward=ff, costs=costs)
+    if returned is None:
+        returned = (np.zeros((horizon, m)), np.zeros((horizon, m, n)), float("nan"))
+    ff, gains, mu = returned
+    return ILQRSolution(states=xs, controls=us, gains=gains, feedforward=ff, regularization=mu, costs=costs)
 
 
 def _backward(jacobians, cost: QuadraticCost, xs, us, mu):

@@ -40,7 +40,8 @@ def test_train_then_eval(tmp_path, capsys):
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     res = _json(os.path.join(ev, "results.json"))
     assert res["final"] == final and res["seeds"] == [0, 1]
-    # the same losses and learners as the training run's own evaluation
+    # the same losses and learners as the training run's own evaluation: exact, since eval
+    # reruns the same evaluator on the same (saved, bit-identical) weights and data
     assert res["final"] == _json(os.path.join(out, "results.json"))["final"]
 
 

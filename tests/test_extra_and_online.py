@@ -40,6 +40,9 @@ def test_extra_loss_weighting_closed_form(float64):
     l_task, l_extra = np.mean((w1 * x - y) ** 2), (w1 - c) ** 2
     expected = (beta * np.mean(2 * (w1 * x - y) * x) + gamma * 2 * (w1 - c)) * dw1
     grads, info = trainer.meta_gradient(batch, trainer.init_seeds(0))
+    # float64 against float64 closed forms: means of 16 terms and a few products, ~16·eps·|value|
+    # = 4e-15 relative (measured ≤ 2e-16); the gradient is a product of two such means, hence
+    # rtol 1e-10 there. A wrong sign, factor or step is off by ≥ 1e-3.
     np.testing.assert_allclose(info.task_loss.numpy(), l_task, rtol=1e-12)
     np.testing.assert_allclose(info.extra_loss.numpy(), l_extra, rtol=1e-12)
     np.testing.assert_allclose(info.objective.numpy(), beta * l_task + gamma * l_extra, rtol=1e-12)
@@ -62,10 +65,15 @@ def test_meta_gradient_is_beta_task_plus_gamma_extra(float64):
     g_extra, _ = grads(task, task_loss_weight=0.0, extra_loss_weight=1.0)
     g_both, info = grads(task, task_loss_weight=0.7, extra_loss_weight=2.5)
     assert float(info.extra_loss) > 0
+    # float64: the gradient of the weighted sum and the weighted sum of the gradients are the same
+    # sums in another order, ~eps·Σ|terms| ≈ 1e-16·(terms ≤ ~1) apart (measured 9e-16); a wrong
+    # weight is off by ≥ 1e-2 relative
     for a, t, e in zip(g_both, g_task, g_extra, strict=True):
         np.testing.assert_allclose(a, 0.7 * t + 2.5 * e, rtol=1e-9, atol=1e-14)
     assert max(np.abs(t - e).max() for t, e in zip(g_task, g_extra, strict=True)) > 1e-6
     g_plain, _ = grads(ToyTask(**kw))
+    # exact: with extra_loss_weight=0 the trainer never builds the extra term and 1.0·L_task is
+    # L_task, so both run the same ops in the same order
     for a, b in zip(g_task, g_plain, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -130,6 +138,9 @@ def test_online_meta_step_closed_form(float64):
         phi, w = phi - eta * dphi, w_next
         norms.append(abs(dphi))
     info = trainer.meta_step(batch, 0)
+    # float64 against float64 closed forms: means of 16 terms and a few products, ~16·eps·|value|
+    # = 4e-15 relative (measured ≤ 2e-16); the gradient is a product of two such means, hence
+    # rtol 1e-10 there. A wrong sign, factor or step is off by ≥ 1e-3.
     np.testing.assert_allclose(trainer.meta_loss.phi.numpy(), phi, rtol=1e-12)
     np.testing.assert_allclose(info.task_loss, np.mean((w * x - y) ** 2), rtol=1e-12)
     np.testing.assert_allclose(info.learned_loss, learned0, rtol=1e-12)
@@ -214,6 +225,11 @@ def test_online_equals_hand_written_loop_eager_compiled_and_chunked(unroll_loop)
     eager, compiled, chunked = (MetaTrainer(task, cfg) for _ in range(3))
     infos = [eager.meta_step(task.sample(0, s, 2), s) for s in range(2)]
     compiled_infos = [compiled.step(task.sample(0, s, 2), s) for s in range(2)]
+    # float32, other op orders (tf.function and the chunked loop fuse and batch differently;
+    # the hand-written loop runs eager tapes): each value differs by its rounding, ~1e-7
+    # relative, and 6 Adam updates of lr 1e-2 keep φ within ~1e-7 (measured ≤ 4e-9 in the
+    # infos, 1e-7 on φ): the tolerances leave ≥ 60×. The update that the `fresh` check below
+    # makes visible (> 1e-4) is what a missing or doubled sub-update would change.
     np.testing.assert_allclose(np.array(compiled_infos), np.array(infos), rtol=1e-5)
     np.testing.assert_allclose(np.array(chunked.run_steps(0, 2)), np.array(infos), rtol=1e-5)
     for trainer in (eager, compiled, chunked):

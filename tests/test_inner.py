@@ -41,6 +41,9 @@ def test_optimizers_match_textbook(kind, loop):
     target = np.array([0.3, 0.1, -0.7])
     opt = make_inner_optimizer(kind, 0.05)
     res = unroll(_quadratic(tf.constant(target)), [tf.constant(p0)], opt, steps=7, loop=loop)
+    # float64, 7 steps of a few flops each (Adam: |g| ≥ 0.1 ≫ ε, so its normalisation does not
+    # amplify rounding): ≲ 100·eps ≈ 2e-14 relative (measured 2e-16); a wrong update rule is off
+    # by ≥ 1e-3
     np.testing.assert_allclose(res.params[0].numpy(), _numpy_run(kind, 0.05, 7, p0, target), rtol=1e-10)
     # first_loss is the loss at θ_0
     np.testing.assert_allclose(res.first_loss.numpy(), np.sum((p0 - target) ** 2 * np.arange(1.0, 4.0)))
@@ -54,6 +57,8 @@ def test_while_loop_equals_python_loop_under_tf_function():
     def run(loop):
         return unroll(_quadratic(target), p0, Adam(0.1), steps=30, loop=loop).params[0]
 
+    # the same float64 ops per step, unrolled or in a while_loop (measured 5e-17 apart: grappler
+    # may constant-fold the unrolled graph); 30 Adam steps keep rounding ≲ 1e-14 relative
     np.testing.assert_allclose(run("python").numpy(), run("while").numpy(), rtol=1e-12)
 
 
@@ -118,6 +123,9 @@ def test_segmented_backprop_is_exact(kind, compiled):
     # K − 1 = 11 segmented steps: S = 5 has a remainder segment, 1 and 11 none, 40 no full one
     for s in (5,) if compiled else (1, 5, 11, 40):
         seg, theta_seg = run(12, opt, backprop="segmented", segment_length=s)
+        # float64: segments recompute the same forward ops (θ ≤ 6e-17 apart) and accumulate the
+        # same VJPs in another order (≤ 5e-16 on gradients ≥ 1e-6 … 0.5); rtol 1e-10 holds with
+        # 1e4× to spare and is far below what a dropped segment changes (≥ 1e-6, asserted below)
         np.testing.assert_allclose(theta_seg, theta_full, rtol=1e-13)
         np.testing.assert_allclose(seg, full, rtol=1e-10, atol=1e-14)
     assert np.abs(full).min() > 1e-6

@@ -71,6 +71,9 @@ def test_cholesky_inertia_model_is_spd_and_predicts_torques(tmp_path):
     out = f(params, x).numpy()
     m = np.stack([np.stack([out[:, 2], out[:, 3]], -1), np.stack([out[:, 3], out[:, 4]], -1)], -2)
     assert np.linalg.eigvalsh(m).min() > 0
+    # the model's m q̈ + F and NumPy's float32 einsum: 3-term sums, each within γ_3·Σ|terms|
+    # (Σ|terms| ≤ 218 here), so within 2·γ_3·Σ|terms|, at most 0.44 of the tolerance below for
+    # these inputs (measured: bit-identical). A wrong entry of M or of the sum is off by O(1).
     np.testing.assert_allclose(
         out[:, :2], np.einsum("nij,nj->ni", m, x[:, 2:4]) + x[:, 4:6], rtol=1e-5, atol=1e-5
     )
@@ -94,6 +97,9 @@ def test_extra_loss_is_zero_for_the_true_inertia_and_matches_frobenius():
 
     assert float(task.extra_loss(Exact(0.0), [], [], one.query, one.extra)) == 0.0
     delta = tf.constant([0.1, -0.2, 0.3])
+    # float32 (true + δ) − true is δ within u·(|M| + |δ|) (|M| ≤ 2.7 here), ≤ 1.7e-6 relative
+    # to δ, ≤ 5e-6 after squaring and the mean over 24 positive terms (γ_24): rtol 1e-5 holds on
+    # any machine; a missing factor 2 on the off-diagonal entry is off by 22%.
     np.testing.assert_allclose(
         float(task.extra_loss(Exact(delta), [], [], one.query, one.extra)), 0.01 + 2 * 0.04 + 0.09, rtol=1e-5
     )

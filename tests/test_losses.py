@@ -15,6 +15,7 @@ import ml3tf
 from ml3tf import losses as losses_module
 from ml3tf.losses import LearnedLoss, decode_weights, encode_weights
 from ml3tf.meta_loss import MetaLossNetwork
+from tests.numerics import ACT_REL_ULPS, U32, gamma, relative_bound
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +39,18 @@ def np_regression(network, y_true, y_pred):
     yt = np.asarray(y_true, np.float64).reshape(len(y_true), -1)
     pairs = np.stack([yp, yt], -1).reshape(-1, 2)
     return np_forward(network, pairs).reshape(yp.shape).mean(-1)
+
+
+def regression_rtol(network, y_true, y_pred):
+    """The float32 error of ``LearnedLoss`` against ``np_regression`` (exact here), relative:
+    the network's forward bound on these inputs (``tests.numerics``; ~1e-5 to 3e-5 for the
+    pretrained sine loss, whose large weights give |W|·|h| ≫ |Wh|), then the per-example mean
+    over the columns and any weighted reduction over the rows, ≤ 2·γ_{size+2} more. The values
+    are positive (softplus), so relative bounds carry through the means. Measured errors are
+    ~1e-7; a wrong reduction, weighting or feature order is off by ≥ 1e-2.
+    """
+    pairs = np.stack([np.ravel(y_pred), np.ravel(y_true)], -1)
+    return relative_bound(network, pairs) + 2 * gamma(pairs.shape[0] + 2)
 
 
 def reduce(per, w, reduction):
@@ -75,7 +88,7 @@ def test_regression_values_by_hand(sine_loss, shape, reduction, weighted):
     loss = LearnedLoss(sine_loss.network, reduction=reduction)
     got = loss(y_true, y_pred, sample_weight=w).numpy()
     want = reduce(np_regression(sine_loss.network, y_true, y_pred), w, reduction)
-    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=regression_rtol(sine_loss.network, y_true, y_pred))
 
 
 def test_rank_difference_of_one_unit_axis(sine_loss):
@@ -83,16 +96,18 @@ def test_rank_difference_of_one_unit_axis(sine_loss):
     a = sine_loss.per_example(y_true[:, 0], y_pred).numpy()
     b = sine_loss.per_example(y_true, y_pred[:, 0]).numpy()
     want = np_regression(sine_loss.network, y_true, y_pred)
-    np.testing.assert_allclose(a, want, rtol=2e-5)
-    np.testing.assert_allclose(b, want, rtol=2e-5)
+    rtol = regression_rtol(sine_loss.network, y_true, y_pred)
+    np.testing.assert_allclose(a, want, rtol=rtol)
+    np.testing.assert_allclose(b, want, rtol=rtol)
 
 
 def test_per_example_network_sees_whole_rows():
     net = MetaLossNetwork(input_dim=6, hidden_units=(8,))
     loss = LearnedLoss(net, reduction="none")
     y_true, y_pred = rng_data((5, 3))
-    want = np_forward(net, np.concatenate([y_pred, y_true], -1))
-    np.testing.assert_allclose(loss(y_true, y_pred).numpy(), want, rtol=2e-5)
+    feats = np.concatenate([y_pred, y_true], -1)
+    want = np_forward(net, feats)
+    np.testing.assert_allclose(loss(y_true, y_pred).numpy(), want, rtol=relative_bound(net, feats))
     with pytest.raises(ValueError, match="takes 6 features"):
         loss(*rng_data((5, 2)))
 
@@ -110,8 +125,12 @@ def test_classification_values_by_hand(labels, from_logits):
     onehot = np.eye(3, dtype="float32")[y]
     y_true = {"int": y, "int_col": y[:, None], "onehot": onehot}[labels]
     y_pred = scores if from_logits else probs
-    want = np_forward(net, np.concatenate([probs, onehot], -1))
-    np.testing.assert_allclose(loss(y_true, y_pred).numpy(), want, rtol=2e-5)
+    feats = np.concatenate([probs, onehot], -1)
+    want = np_forward(net, feats)
+    # The network's float32 bound, with input probabilities that TF (softmax) and NumPy (exp,
+    # sum of 3, divide) each compute within (ACT_REL_ULPS + 5)·u relative.
+    rtol = relative_bound(net, feats, input_error=2 * (ACT_REL_ULPS + 5) * U32 * np.abs(feats))
+    np.testing.assert_allclose(loss(y_true, y_pred).numpy(), want, rtol=rtol)
 
 
 def test_binary_sigmoid_column():
@@ -121,6 +140,9 @@ def test_binary_sigmoid_column():
     want = np_forward(net, np.concatenate([np.stack([1 - s, s], -1), np.eye(2)[y]], -1))
     for from_logits, pred in ((False, s[:, None]), (True, np.log(s / (1 - s))[:, None])):
         loss = LearnedLoss(net, kind="classification", from_logits=from_logits, reduction="none")
+        # float32: s, 1 − s and sigmoid(logit) within ~ACT_REL_ULPS·u ≈ 1e-6 of the float64
+        # inputs (relative), then the network's own bound, ~3e-6 for this 8-unit layer: 1e-4
+        # holds on any machine; another class order or a missing sigmoid is off by ≥ 1e-2.
         np.testing.assert_allclose(loss(y, pred).numpy(), want, rtol=1e-4)
 
 
@@ -293,6 +315,10 @@ def test_jit_compile_fit_equals_plain_fit(sine_loss):
         model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=sine_loss, jit_compile=jit)
         model.fit(x, y, batch_size=len(x), epochs=5, verbose=0, shuffle=False)
         weights.append(model.get_weights())
+    # XLA fuses and reorders the float32 reductions (64 examples, 32-unit layers), so each of the
+    # 5 gradients differs by its rounding, ~1e-6 relative; the 5 steps of lr 1e-3 pass that on
+    # as ~5e-9·|g| (measured ≤ 6e-8 on weights ~0.3). The steps move the weights by up to 0.13,
+    # so a wrong gradient or update under XLA is off by ~1e-2, far above rtol 1e-4 / atol 1e-5.
     for a, b in zip(*weights, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert not np.allclose(weights[0][0], three_layer_model().get_weights()[0])
@@ -328,6 +354,8 @@ def test_keras_round_trip_in_process(sine_loss, tmp_path):
     assert isinstance(back.loss, LearnedLoss)
     for a, b in zip(sine_loss.network.get_weights(), back.loss.network.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+    # exact: the reloaded model has bit-identical weights and the same layers, so evaluate runs
+    # the same ops in the same order on the same machine
     assert back.evaluate(x, y, verbose=0) == model.evaluate(x, y, verbose=0)
     # training goes on identically after the reload
     model.fit(x, y, batch_size=len(x), epochs=2, verbose=0, shuffle=False)

@@ -29,6 +29,9 @@ def test_golden_linear_learner_scaled_square_loss(float64):
     dloss_dphi = np.mean(2 * (w1 * x - y) * x) * (-alpha * np.mean(2 * (w0 * x - y) * x))
 
     res = trainer.adapt(trainer.functional.init_params(seeds[0]), {k: v[0] for k, v in batch.support.items()})
+    # float64 against float64 closed forms: means of 16 terms and a few products, ~16·eps·|value|
+    # = 4e-15 relative (measured ≤ 2e-16); the gradient is a product of two such means, hence
+    # rtol 1e-10 there. A wrong sign, factor or step is off by ≥ 1e-3.
     np.testing.assert_allclose(res.params[0].numpy().squeeze(), w1, rtol=1e-12)
     grads, info = trainer.meta_gradient(batch, seeds)
     np.testing.assert_allclose(info.task_loss.numpy(), loss, rtol=1e-12)
@@ -101,6 +104,11 @@ def test_unroll_equals_hand_written_math():
         res = trainer.adapt(params0, data)
         ours = task.task_loss(trainer.functional, res.params, res.state, data)
     our_grads = outer.gradient(ours, [a1, a2, a3])
+    # float32, the same math through Keras layers and through hand-written ops: the kernels may
+    # round differently (u·Σ|terms| per op, a few 1e-7 relative), and 3 SGD steps and their
+    # backward pass carry that along without amplification (measured: θ ≤ 2e-10 apart, the
+    # loss bit-identical, every gradient entry within 1/500 of its tolerance). A dropped
+    # second-order term or a wrong step changes the meta-gradient by ≥ 1e-2 relative.
     for a, b in zip(res.params, p, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(ours.numpy(), task_loss.numpy(), rtol=1e-6)

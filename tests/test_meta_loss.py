@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ml3tf.meta_loss import MetaLossNetwork, load_meta_loss
+from tests.numerics import gamma, relative_bound
 
 
 def _feats(n=64, d=2):
@@ -21,7 +22,13 @@ def test_paper_architecture():
     assert out.shape == (64, 1) and np.all(out >= 0)  # softplus output
     with_bias = MetaLossNetwork(3, (4,), activation="elu", use_bias=True, output_activation="linear")
     assert len(with_bias.trainable_variables) == 4
-    np.testing.assert_allclose(net.loss_value(_feats()[:, :1], _feats()[:, 1:]), out.mean(), rtol=1e-6)
+    # The same network on the same (64, 2) float32 input gives the same 64 rows; the two means
+    # of those positive values (TensorFlow's reduction, NumPy's pairwise sum) are each within
+    # γ_64 of the exact mean, so within 2·γ_64 = 7.6e-6 of each other (measured 8e-8; 1e-6 was
+    # under that bound). Swapped features or a sum instead of a mean are off by O(1).
+    np.testing.assert_allclose(
+        net.loss_value(_feats()[:, :1], _feats()[:, 1:]), out.mean(), rtol=2 * gamma(64)
+    )
 
 
 def test_keras_round_trip_keeps_weights(tmp_path):
@@ -41,8 +48,13 @@ def test_keras_round_trip_keeps_weights(tmp_path):
         "print(repr(float(m(x).numpy().sum())))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Another process may pick other float32 kernels (threads, oneDNN or not): each sum of the 64
+    # positive outputs is within the network's forward bound plus γ_64 of the exact one
+    # (``tests.numerics``), the two within twice that (1e-4; measured: bit-identical). Weights
+    # that did not survive the two round trips would be off by ~0.25·|∂M/∂φ| ≫ that.
+    rtol = 2 * (relative_bound(net, _feats()) + gamma(64))
     np.testing.assert_allclose(
-        float(out.stdout.strip().splitlines()[-1]), net(_feats()).numpy().sum(), rtol=1e-6
+        float(out.stdout.strip().splitlines()[-1]), net(_feats()).numpy().sum(), rtol=rtol
     )
 
 

@@ -25,6 +25,11 @@ def test_compiled_and_xla_steps_equal_eager(inner_steps):
             fn = trainer.meta_step if mode == "eager" else trainer.step
             infos.append(fn(batch, step))
         runs[mode] = (infos, _weights(trainer))
+    # float32: tf.function and XLA fuse, batch and reorder the reductions of eager's ops, so each
+    # value differs by its own rounding, ~1e-7 relative; 3 Adam steps (lr 1e-3) leave φ within
+    # ~1e-7 of each other, since Adam's step depends on g only through g/√v̂ where |g| ≫ ε
+    # (measured ≤ 1e-7 relative, 3e-8 on φ: ≥ 900× below the tolerances). A missed or stale
+    # update under compilation moves φ by ~lr = 1e-3.
     for mode in ("function", "xla"):
         for a, b in zip(runs["eager"][0], runs[mode][0], strict=True):
             np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-4, atol=1e-6)
@@ -104,6 +109,9 @@ def test_chunked_steps_equal_single_steps_and_stop_at_a_non_finite_step():
     single = MetaTrainer(task, cfg)
     infos = [single.step(task.sample(0, s, 2), s) for s in range(4)]
     chunked = MetaTrainer(task, cfg)
+    # one compiled step per call vs several steps in one compiled loop: the same ops per step
+    # (measured bit-identical); the tolerances allow for a graph that batches them otherwise
+    # (float32 rounding, ~1e-7), a step done twice or skipped is off by ~lr = 1e-2
     np.testing.assert_allclose(
         np.array(chunked.run_steps(0, 2) + chunked.run_steps(2, 2)), np.array(infos), rtol=1e-5
     )
@@ -143,6 +151,10 @@ def test_vectorized_meta_batch_equals_the_loop(float64, inner_steps):
         trainer = MetaTrainer(task, cfg.replace(vectorize_meta_batch=vec))
         grads, info = trainer.meta_gradient(batch, trainer.init_seeds(0))
         out[vec] = ([g.numpy() for g in grads], [float(v) for v in info])
+    # float64: vectorized_map's batched ops vs one task at a time sum in other orders, ~eps·Σ|terms|
+    # per op; through 12 inner steps that stays ≲ 1e-14 relative (measured 2e-16 on infos, 7e-16
+    # on gradients ~0.4), so rtol 1e-10 / 1e-9 (atol 1e-14 for entries that cancel) leave 1e4×.
+    # A task mixed up with another in the vectorized batch is off by O(1).
     np.testing.assert_allclose(out[True][1], out[False][1], rtol=1e-10)
     for a, b in zip(out[True][0], out[False][0], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
@@ -157,6 +169,9 @@ def test_segmented_and_truncated_meta_gradients_through_the_trainer(float64):
         trainer = MetaTrainer(task, cfg.replace(backprop=mode, segment_length=4, truncate_steps=3))
         g, _ = trainer.meta_gradient(batch, trainer.init_seeds(0))
         grads[mode] = np.concatenate([x.numpy().ravel() for x in g])
+    # float64: segmented backprop accumulates the same VJPs segment by segment, another order of
+    # the same sums (measured 4e-16 on gradients ~2); rtol 1e-9 is 1e6× that and 1e-5× the
+    # difference the truncated gradient makes (asserted below)
     np.testing.assert_allclose(grads["segmented"], grads["full"], rtol=1e-9, atol=1e-14)
     assert np.abs(grads["truncated"] - grads["full"]).max() > 1e-8
 

@@ -12,6 +12,7 @@ from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
 from ml3tf.tasks import mountain_car as mc
 from ml3tf.tasks.ilqr import ilqr, lqr_riccati, quadratic_cost, rollout
+from tests.numerics import dense_forward_bound
 
 # (p, v, a) chosen to hit every branch of the step: free motion, |v| > 1.5 both ways,
 # p > 0.5, p < −1.2 with v < 0 (v := 0 at the wall), p < −1.2 with v ≥ 0 impossible after
@@ -49,6 +50,10 @@ def test_tf_step_equals_numpy_transcription(dtype, straight_through):
     states, actions = CASES[:, :2], CASES[:, 2]
     want = mc.step_numpy(states, actions)
     got = mc.step(tf.constant(states, dtype), tf.constant(actions, dtype), straight_through).numpy()
+    # float32 (elementwise, so the same on every IEEE machine but for cos's ulps): the inputs,
+    # constants, 3p, cos(3p) (≤ 19u), the bracket's sums and products and the two updates, each
+    # rounded at ≤ u·|value ≤ 3.6| and passed on with a slope ≤ 1.1, total ≤ 11u = 6.6e-7 in v
+    # and less in p; float64 is ~1e-15. A wrong constant or branch is off by ≥ 1e-3.
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert want[5, 0] == -1.2 and want[5, 1] == 0.0  # the left wall stops the car
     assert want[4, 0] == 0.5 and want[2, 1] == 1.5 and want[3, 1] == -1.5
@@ -60,6 +65,8 @@ def test_tf_step_equals_numpy_transcription(dtype, straight_through):
         a = rng.uniform(-0.4, 0.4, size=8)
         s_np = mc.step_numpy(s_np, a)
         s_tf = mc.step(s_tf, tf.constant(a), straight_through)
+    # float64 on both sides: the difference stays ~1e-15 × the 35 steps' growth; 1e-6 is there to
+    # catch a wrong branch or constant (≥ 1e-3), not rounding
     np.testing.assert_allclose(s_tf.numpy(), s_np, atol=1e-6)
 
 
@@ -100,11 +107,36 @@ def test_clip_gradient_modes_differ_only_in_the_gradient():
         assert float(tape.gradient(p, s)[0, 1]) == pytest.approx(want * 0.1 * 0.97)
 
 
-def test_ilqr_equals_closed_form_lqr():
+def _lqr_problem():
     rng = np.random.default_rng(1)
     a = np.eye(3) + 0.1 * rng.normal(size=(3, 3))
     b = rng.normal(size=(3, 2))
     q, r, qf = np.diag([1.0, 2.0, 0.5]), np.diag([0.3, 0.1]), 5.0 * np.eye(3)
+    return rng, a, b, q, r, qf
+
+
+def _riccati_error_bound(a, b, q, r, qf, gains):
+    """A forward-error bound on K_t for two float64 evaluations of the same Riccati recursion
+    in different op orders (iLQR's Cholesky pass on 2Q, 2R vs ``lqr_riccati``'s LU solve).
+
+    Each step rounds P_t and K_t locally at a relative c·eps (c = 16: a few flops per entry for
+    n = 3, with the cancellation in P = Q + A'PA − A'PB S⁻¹ B'PA), amplified by κ(S_t),
+    S_t = R + B'P_{t+1}B, in the solve; an error δP in P_{s} reaches P_t (t < s) as
+    A_cl' δP A_cl once per step in between (A_cl = A + BK; to first order δK drops out of P
+    because K is optimal), so it grows at most by G = max_{t≤s} Π_{t≤i<s} ‖A_cl,i‖². Summed
+    over the T steps: |δK| ≤ T · G · max κ(S) · c · eps · max|K|.
+    """
+    p, conds, norms = np.asarray(qf, np.float64), [], []
+    for k in gains[::-1]:
+        conds.append(np.linalg.cond(r + b.T @ p @ b))
+        norms.append(np.linalg.norm(a + b @ k, 2) ** 2)
+        p = q + a.T @ p @ a + a.T @ p @ b @ k
+    growth = max(np.prod(norms[i:j]) for i in range(len(norms)) for j in range(i, len(norms) + 1))
+    return len(gains) * growth * max(conds) * 16 * np.finfo(np.float64).eps * np.abs(gains).max()
+
+
+def test_ilqr_equals_closed_form_lqr():
+    rng, a, b, q, r, qf = _lqr_problem()
     x0, horizon = np.array([1.0, -2.0, 0.5]), 12
     cost = quadratic_cost(q, r, qf, np.zeros(3))
     sol = ilqr(
@@ -122,11 +154,100 @@ def test_ilqr_equals_closed_form_lqr():
     for t in range(horizon):
         us.append(gains[t] @ xs[-1])
         xs.append(a @ xs[-1] + b @ us[-1])
+    # Gains: the bound above is 1.3e-12 for this problem (T = 12, κ(S) ≤ 4.5, G ≈ 7,
+    # max|K| = 1.06); the two recursions agree to ~1e-15 in practice. The gains of a
+    # regularised pass (μ = 1e-6, the bug this guards against) are off by 6e-7, and any
+    # μ ≳ 1e-11 is caught.
+    gain_tol = _riccati_error_bound(a, b, q, r, qf, gains)
+    assert gain_tol < 1e-10
+    np.testing.assert_allclose(sol.gains, gains, rtol=0, atol=gain_tol)
+    assert sol.regularization == 0.0
+    # Trajectory: one Newton step from random ū (|ū| ≤ 2.7, |x̄| ≤ 6, |k| ≤ 5.6), so rounding
+    # acts on values up to ~10 (10× the gains' scale) in the same recursion, then propagates
+    # through A_cl over 12 steps (G ≈ 7): ≲ 10 · 7 · 1.3e-12 ≈ 1e-10, under 1e-8 with margin
+    # (measured: 4e-15). A wrong control at any step (a bug) moves them by O(0.1..1); the
+    # μ = 1e-6 gains would move them by ~1e-6.
     np.testing.assert_allclose(sol.controls, np.stack(us), atol=1e-8)
     np.testing.assert_allclose(sol.states, np.stack(xs), atol=1e-8)
-    np.testing.assert_allclose(sol.gains, gains, atol=1e-8)
     assert sol.costs[-1] <= sol.costs[0]
+    # Both trajectories obey the dynamics from x_0, so they differ by a control perturbation
+    # δu ≲ 1e-10 at the optimum, where J is stationary: δJ = O(|δu|²) plus the rounding of the
+    # 25-term sum (~25 eps relative); rtol 1e-10 is far above both. A cost that is not the
+    # returned trajectory's (a stale entry, a term left out: the bug) is off by O(1).
     np.testing.assert_allclose(sol.costs[-1], cost.total(np.stack(xs), np.stack(us)), rtol=1e-10)
+
+
+def _spy_backward(monkeypatch):
+    """Record every backward pass iLQR runs: (states, controls, μ, (k, K) or None)."""
+    import ml3tf.tasks.ilqr as ilqr_mod
+
+    passes, real = [], ilqr_mod._backward
+
+    def spy(jacobians, cost, xs, us, mu):
+        out = real(jacobians, cost, xs, us, mu)
+        passes.append((xs.copy(), us.copy(), mu, out))
+        return out
+
+    monkeypatch.setattr(ilqr_mod, "_backward", spy)
+    return passes
+
+
+def test_ilqr_returns_the_gains_of_the_pass_that_produced_the_trajectory(monkeypatch):
+    """After convergence the line search fails, μ rises and the backward pass runs again
+    (regularised): those passes must not replace the returned gains.
+
+    x' = x + u, J = u_0² + x_1², x_0 = 2, T = 1, from u_0 = 0, μ = 0. Every intermediate is
+    a small dyadic rational, so the arithmetic is exact on any IEEE machine: the first pass
+    gives Q_uu = 4, Q_ux = 2, Q_u = 4, so k = −1, K = −½; its α = 1 step reaches the optimum
+    u_0 = −1, x_1 = 1, J = 2. The second pass there gives k = 0 exactly, so no α changes J,
+    the line search fails, and μ goes 1e-6 … 1e10, each pass giving K = −2/(4 + μ) ≠ −½
+    (before the fix the μ = 1e10 pass was returned: K ≈ −2e-10).
+    """
+    passes = _spy_backward(monkeypatch)
+    cost = quadratic_cost([[0.0]], [[1.0]], [[1.0]], [0.0])
+    sol = ilqr(
+        lambda x, u: x + u, lambda x, u: (np.eye(1), np.eye(1)), cost, [2.0], [[0.0]], regularization=0
+    )
+    np.testing.assert_array_equal(sol.controls, [[-1.0]])
+    np.testing.assert_array_equal(sol.states, [[2.0], [1.0]])
+    assert sol.costs == [4.0, 2.0]
+    # the path under test ran: regularised passes at the returned trajectory after the accepted step
+    assert [mu for *_, mu, _ in passes[:2]] == [0.0, 0.0] and len(passes) > 2
+    assert all(mu > 0 and np.array_equal(xs, sol.states) for xs, _, mu, _ in passes[2:])
+    # the gains of the pass whose forward pass produced the trajectory (the first), which here
+    # (linear-quadratic: K does not depend on the trajectory) equal the unregularised pass at it
+    ff0, gains0 = passes[0][3]
+    np.testing.assert_array_equal(sol.gains, gains0)
+    np.testing.assert_array_equal(sol.gains, passes[1][3][1])
+    np.testing.assert_array_equal(sol.gains, [[[-0.5]]])
+    np.testing.assert_array_equal(sol.feedforward, ff0)
+    np.testing.assert_array_equal(sol.feedforward, [[-1.0]])
+    assert sol.regularization == 0.0
+
+
+def test_ilqr_started_at_the_optimum_returns_the_least_regularised_gains(monkeypatch):
+    """x_0 = goal, ū = 0: J = 0 exactly and every pass gives k = 0 exactly (Q_u = 0), so no step
+    is ever accepted and μ rises to 1e10. The returned gains are those of the first pass, at the
+    (initial = returned) trajectory with μ = 0: the Riccati gains, within the bound derived in
+    ``_riccati_error_bound``."""
+    passes = _spy_backward(monkeypatch)
+    _, a, b, q, r, qf = _lqr_problem()
+    horizon = 12
+    cost = quadratic_cost(q, r, qf, np.zeros(3))
+    sol = ilqr(
+        lambda x, u: a @ x + b @ u,
+        lambda x, u: (a, b),
+        cost,
+        np.zeros(3),
+        np.zeros((horizon, 2)),
+        regularization=0,
+    )
+    assert sol.costs == [0.0] and len(passes) > 1 and passes[-1][2] > 1e9
+    np.testing.assert_array_equal(sol.gains, passes[0][3][1])
+    gains = lqr_riccati(a, b, q, r, qf, horizon)
+    np.testing.assert_allclose(sol.gains, gains, rtol=0, atol=_riccati_error_bound(a, b, q, r, qf, gains))
+    np.testing.assert_array_equal(sol.feedforward, np.zeros((horizon, 2)))
+    assert sol.regularization == 0.0
 
 
 def test_ilqr_on_mountain_car_runs_and_respects_the_bounds():
@@ -147,8 +268,19 @@ def test_features_losses_and_rollout_match_numpy():
     states, actions = task.rollout(f, params, start)
     w = (params[0].numpy() @ params[1].numpy())[:, 0]  # the policy is linear: a = w·s
     ref_s, ref_a = mc.rollout_numpy(lambda s: w @ s)
+    # TF float32 against NumPy float64. The policy a = (s W₁) W₂ (200 hidden units) is a sum
+    # that cancels to |a| ≤ 0.0025: its float32 forward bound (``tests.numerics``) is ~1e-5,
+    # above the old atol 1e-5 for the actions, so that is their tolerance now (measured 1.5e-8).
+    # The states: each step's own roundings are ≤ 1.6u here (|p| ≤ 0.55, |v| ≤ 0.06, cos within
+    # 3u; see test_tf_step_equals_numpy_transcription) and the action's enter v with slope 0.5;
+    # an error made at one step reaches a later one through the product of the closed-loop
+    # Jacobians in between (mc._jacobians + w; no clip acts), of norm ≤ 2.24 on this trajectory.
+    # The step roundings give ≤ 35·2.24·1.6u = 7.5e-6; the policy's, at their typical √200·u
+    # size rather than the worst case, about as much: atol 1e-5 (measured 2e-7). A wrong
+    # constant or clip is off by ≥ 1e-3 in the states, a wrong policy by ≥ 1e-4 in the actions.
     np.testing.assert_allclose(states.numpy(), ref_s, atol=1e-5)
-    np.testing.assert_allclose(actions.numpy()[:, 0], ref_a, atol=1e-5)
+    policy_bound = dense_forward_bound([(p.numpy(), None, "linear") for p in params], ref_s[:-1])[1].max()
+    np.testing.assert_allclose(actions.numpy()[:, 0], ref_a, atol=policy_bound + 1e-5 * np.abs(w).sum())
     feats, _ = task.meta_loss_inputs(f, params, [], {"start": start})
     goal = np.array(mc.GOAL)
     assert feats.shape == (35, 4)
@@ -250,8 +382,17 @@ def test_environment_through_tf_agents_equals_the_tf_rollout(mce):
     states, actions = task.rollout(f, params, np.array(mc.START, np.float32))
     out = mce.run_policy(learner, params)
     assert out["states"].shape == (36, 2)
+    # The environment steps the physics in NumPy float64, the TF rollout in float32: a few u per
+    # step, carried along by the closed loop and reset wherever a clip acts (the car reaches the
+    # wall and the speed limit; 33 of the 35 actions sit at ±0.25, ≥ 0.08 inside the raw
+    # policy's range, so no clip decision can flip). Measured ≤ 1.2e-7 in the states; atol 1e-5
+    # leaves ~80× for other machines' cos/dot-product rounding. The two unclipped actions are
+    # w·s with |w|₁ = 4.0 (4 × the states' 1e-5), each computed by the 2 → 200 → 1 policy in
+    # float32 within its forward bound (``tests.numerics``: 2.6e-5 at those states, twice for
+    # the two evaluations): atol 1e-4 (the old 1e-6 was below both; measured 7e-8). Other
+    # physics or a missed clip is off by ≥ 1e-2.
     np.testing.assert_allclose(out["states"], states.numpy(), atol=1e-5)
-    np.testing.assert_allclose(out["actions"], actions.numpy()[:, 0], atol=1e-6)
+    np.testing.assert_allclose(out["actions"], actions.numpy()[:, 0], atol=1e-4)
     want_return = -np.linalg.norm(states.numpy()[1:] - np.array(mc.GOAL), axis=1).sum()
     assert out["return"] == pytest.approx(want_return, rel=1e-5)
     assert np.any(np.isclose(np.abs(out["actions"]), 0.25)) and np.any(np.abs(out["actions"]) < 0.2)
@@ -268,6 +409,8 @@ def test_policy_wrapper_equals_the_keras_network(mce):
     try:
         policy = rl_env.KerasPolicy(learner, tf_env.time_step_spec(), tf_env.action_spec(), params=params)
         obs = tf.constant([[-0.55, 0.0], [0.1, -0.7], [-1.0, 1.2]], tf.float32)
+        # the same stateless_call of the same network on the same (3, 2) batch runs the same ops
+        # on both sides (measured bit-identical), so 1e-6 is slack, not a rounding allowance
         np.testing.assert_allclose(policy.mean_action(obs).numpy(), f(params, obs).numpy(), rtol=1e-6)
     finally:
         tf_env.close()
@@ -298,6 +441,9 @@ def test_adapted_policy_through_tf_agents_equals_meta_test(mce):
     out = task.meta_test(meta_loss, params0, steps=1, learning_rate=1.0)
     env_out = mce.run_policy(task.make_learner(), theta, env=mce.AuthorsMountainCarEnv(horizon=10))
     assert env_out["states"].shape == (11, 2)
+    # float64 environment vs float32 meta-test: every action is clipped at −0.25 (the raw ones
+    # are ≤ −0.36), so it is 10 open-loop steps of ≤ 12u each, grown by ≤ 2.2 along them:
+    # ≤ 10·2.2·12u = 1.6e-5 (measured 9e-8). Another θ or physics is off by ≥ 1e-2.
     np.testing.assert_allclose(env_out["states"][:, 0], out["positions"][0, -1], atol=1e-4)
     np.testing.assert_allclose(env_out["states"][:, 1], out["velocities"][0, -1], atol=1e-4)
 
@@ -310,8 +456,16 @@ def test_gymnasium_mountain_car_continuous_runs_with_scaled_actions(mce):
     out = mce.run_policy(learner, params, env=env, action_scale=4.0)
     assert out["states"].shape == (21, 2) and out["actions"].shape == (20,)
     f = FunctionalModel(learner)
-    want = np.clip(4.0 * f(params, out["states"][:-1].astype(np.float32)).numpy()[:, 0], -1.0, 1.0)
-    np.testing.assert_allclose(out["actions"], want, rtol=1e-5, atol=1e-6)
+    obs = out["states"][:-1].astype(np.float32)
+    want = np.clip(4.0 * f(params, obs).numpy()[:, 0], -1.0, 1.0)
+    # The policy (2 → 200 → 1, linear) on the same float32 observations, one at a time in the
+    # environment and batched here: two float32 evaluations in other summation orders, each
+    # within its forward bound (``tests.numerics``; the 200-term sums make it ~1e-5), scaled
+    # by 4 (measured 1.2e-7; the old atol 1e-6 was below the bound). A missing action scale or
+    # clip is off by ≥ 0.1.
+    kernels = [(p.numpy(), None, "linear") for p in params]
+    atol = 2 * 4.0 * dense_forward_bound(kernels, obs)[1].max()
+    np.testing.assert_allclose(out["actions"], want, rtol=1e-5, atol=atol)
     # gymnasium's own physics: v' = v + 0.0015·a − 0.0025·cos(3p), p' = p + v'
     p, v = out["states"][0]
     v1 = v + 0.0015 * want[0] - 0.0025 * np.cos(3 * p)

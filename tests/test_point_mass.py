@@ -94,6 +94,8 @@ def test_reinforce_surrogate_gradient_equals_the_closed_form(float64):
         sigma2 = math.exp(2 * log_std)
         logp = -0.5 * ((a - mu) ** 2).sum(-1) / sigma2 - 2 * log_std - math.log(2 * math.pi)
         expected = -np.einsum("et,eti,etj->ij", adv, s, a - mu) / sigma2 / (e * horizon)
+        # float64: means over 12 (e, t) terms of products of O(1) values, ~12·eps ≈ 3e-15 relative
+        # (measured 1e-16); a missing baseline or a wrong sign is off by O(1)
         np.testing.assert_allclose(loss.numpy(), -(adv * logp).mean(), rtol=1e-12)
         np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-14)
 
@@ -160,7 +162,9 @@ def test_tiny_end_to_end_run_writes_results_with_real_env_returns(tmp_path):
     for split in ("train", "test"):
         learned, baseline = (res["curves"][split][m]["mean"] for m in ("learned", "baseline"))
         assert len(learned) == len(baseline) == 4
-        assert learned[0] == baseline[0]  # both arms start from the same θ₀
+        # exact: both arms compute the return of the same θ₀ on the same goals with the same ops
+        # (deterministic_return) before their first update, each in its own graph
+        assert learned[0] == baseline[0]
         assert all(v < 0 for v in learned + baseline)  # rewards are −distance
         assert set(res["final_real_env"][split]) == {"learned", "learned_std", "baseline", "baseline_std"}
         assert np.isclose(res["final_real_env"][split]["learned"], res["final"][split]["learned"], atol=1e-4)

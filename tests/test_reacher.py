@@ -153,6 +153,9 @@ def test_rollout_loops_agree_and_the_cost_matches_numpy(tiny_task):
     start = tf.zeros(4)
     s1, a1 = tiny_task.rollout(functional, params, start, goal)
     s2, a2 = python_loop.rollout(functional, params, start, goal)
+    # the same one_step ops on the same (1, ·) shapes, in a while_loop or unrolled in Python
+    # (measured bit-identical); rtol/atol 1e-6 allow for the kernels of another graph shape,
+    # ~1e-7 here over 6 steps, while a step out of order or lost is off by ≥ 1e-3
     np.testing.assert_allclose(s1.numpy(), s2.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(a1.numpy(), a2.numpy(), rtol=1e-6, atol=1e-6)
     assert s1.shape == (7, 1, 4) and a1.shape == (6, 1, 2)
@@ -210,6 +213,7 @@ def test_tiny_end_to_end_run_refits_and_writes_results(tmp_path, tiny_task):
             assert len(curve) == 3 and all(0 <= v < 0.5 for v in curve)
         # one policy init for all arms (learner_init="fixed"): same distance before any step
         c = res["curves"][split]
+        # exact: point 0 of every arm is final_distance of the very same θ₀ tensors (the same code)
         assert c["learned"]["mean"][0] == c["baseline"]["mean"][0] == c["baseline_best_lr"]["mean"][0]
     assert res["baseline_best_lr"][0] in TINY["baseline_lrs"]
     assert os.path.exists(run.meta_loss_paths[0])

@@ -11,6 +11,15 @@ import ml3tf
 from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
 from ml3tf.models.sine_frequency import make_sine_frequency_learner
+from tests.numerics import ACT_ABS_ULPS, ACT_REL_ULPS, U32
+
+
+def sin_atol(max_arg, roundings):
+    """|ŝ₁ − ŝ₂| for two float32 evaluations of sin(ω x): each rounding of ω, of its parts or of x
+    moves the argument by ≤ u·|ω x| (sin is 1-Lipschitz), and each side's sin and float32 result
+    add ≤ (ACT_REL_ULPS + ACT_ABS_ULPS)·u. A wrong ω (by 0.01) or wrong data is off by ≥ 1e-2.
+    """
+    return roundings * U32 * max_arg + 2 * (ACT_REL_ULPS + ACT_ABS_ULPS) * U32
 
 
 def test_sample_is_deterministic_and_consistent():
@@ -21,7 +30,12 @@ def test_sample_is_deterministic_and_consistent():
     np.testing.assert_array_equal(a.support["x"], b.support["x"])
     assert not np.array_equal(a.support["x"], c.support["x"])
     v = a.extra["frequency"][:, None, None]
-    np.testing.assert_allclose(a.support["y"], np.sin(v * a.support["x"]), atol=1e-6)
+    # y = sin(v x) in float64, stored as float32, against float32 v and x and their float32
+    # product: 3 roundings of the argument, |v x| ≤ 25 (atol ≤ 6.7e-6; 1e-6 was below it)
+    want = np.sin(v * a.support["x"])
+    np.testing.assert_allclose(
+        a.support["y"], want, rtol=0, atol=sin_atol(np.abs(v * a.support["x"]).max(), 3)
+    )
     assert np.all(np.abs(a.extra["frequency"]) <= 5) and np.all(np.abs(a.support["x"]) <= 5)
     x, y = task.test_points()
     assert x.shape == y.shape == (100, 1) and x[0, 0] == -5.0 and x[-1, 0] == pytest.approx(4.9)
@@ -32,12 +46,15 @@ def test_learner_starts_at_omega0_and_round_trips_by_values(tmp_path):
     f = FunctionalModel(learner)
     x = np.linspace(-5, 5, 11, dtype=np.float32)[:, None]
     theta0 = f.init_params([0, 1])
-    np.testing.assert_allclose(f(theta0, x), np.sin(0.1 * x), atol=1e-6)
-    np.testing.assert_allclose(f([theta0[0] + 0.6], x), np.sin(0.7 * x), atol=1e-6)
+    # TF: δ (itself θ₀ + 0.6, two roundings), ω₀ and δ + ω₀ rounded, then (δ + ω₀)·x; NumPy:
+    # the float32 ω and ω·x: ≤ 7 roundings of an argument ≤ 3.5 (atol 3.7e-6; 1e-6 was below)
+    atol = sin_atol(3.5, 7)
+    np.testing.assert_allclose(f(theta0, x), np.sin(0.1 * x), rtol=0, atol=atol)
+    np.testing.assert_allclose(f([theta0[0] + 0.6], x), np.sin(0.7 * x), rtol=0, atol=atol)
     learner.layers[0].delta.assign([0.3])
     learner.save(tmp_path / "l.keras")
     back = keras.saving.load_model(tmp_path / "l.keras", safe_mode=True)
-    np.testing.assert_allclose(back(x), np.sin(0.4 * x), atol=1e-6)
+    np.testing.assert_allclose(back(x), np.sin(0.4 * x), rtol=0, atol=atol)
 
 
 def test_features_and_extra_loss_with_gradient():
@@ -48,7 +65,10 @@ def test_features_and_extra_loss_with_gradient():
     feats, _ = task.meta_loss_inputs(f, params, [], one.support)
     x = one.support["x"]
     np.testing.assert_allclose(
-        feats.numpy(), np.concatenate([x, np.sin(0.6 * x), one.support["y"]], 1), atol=1e-6
+        feats.numpy(),
+        np.concatenate([x, np.sin(0.6 * x), one.support["y"]], 1),
+        rtol=0,
+        atol=sin_atol(0.6 * 5, 7),  # as in the test above, |ω x| ≤ 3
     )
     with tf.GradientTape() as tape:
         tape.watch(params)
@@ -68,6 +88,10 @@ def test_meta_test_sgd_matches_closed_form_and_landscape_minimum():
     w0 = task.initial_omegas(0)
     assert w0[0] == pytest.approx(0.1) and out["omega"].shape == out["mse"].shape == (7, 3)
     grad = np.array([np.mean(2 * (np.sin(w * x) - y) * x * np.cos(w * x)) for w in w0])
+    # TF float32 against float64: ω₀ rounds once (u); the gradient is a float32 mean of 100
+    # signed terms |2 (sin − y) x cos| ≤ 20, so within γ_100·20 = 1.2e-4 (plus sin's ulps), which
+    # the step lr = 0.05 turns into ≤ 6e-6 < atol 1e-5; the MSE is a mean of positive terms,
+    # ≤ γ_100 + sin's ulps ≈ 8e-6 relative < 1e-4. A wrong step or gradient is off by ≥ 1e-3.
     np.testing.assert_allclose(out["omega"][:, 0], w0, rtol=1e-5)
     np.testing.assert_allclose(out["omega"][:, 1], w0 - lr * grad, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out["mse"][:, 0], [np.mean((np.sin(w * x) - y) ** 2) for w in w0], rtol=1e-4)
