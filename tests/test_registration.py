@@ -83,11 +83,12 @@ def test_import_ml3tf_is_enough_to_load(saved, order):
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert (got["loss"], got["layer"], got["network"]) == ("LearnedLoss", "SineFrequency", "MetaLossNetwork")
-    # Same weights, same float32 graph on the same machine: equal up to float32 rounding of a
-    # different kernel choice between processes (a few ulps of values of order 1).
-    np.testing.assert_allclose(got["evaluate"], want["evaluate"], rtol=1e-5)
-    np.testing.assert_allclose(got["predict"], want["predict"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got["network_out"], want["network_out"], rtol=1e-5, atol=1e-6)
+    # Same weights, same float32 graph: equal up to the rounding of another summation order if the
+    # other process picks other kernels (the 2→50→50→1 network's forward-error bound, about 4e-5
+    # relative; tests/numerics.py). Lost weights or a re-initialised loss give O(1) differences.
+    np.testing.assert_allclose(got["evaluate"], want["evaluate"], rtol=1e-4)
+    np.testing.assert_allclose(got["predict"], want["predict"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["network_out"], want["network_out"], rtol=1e-4, atol=1e-6)
 
 
 def test_import_ml3tf_alone_imports_no_tensorflow():
