@@ -26,6 +26,7 @@ no step was accepted, the returned trajectory is the initial one and they come f
 first (least regularised) backward pass at it.
 
 Example:
+    >>> A, B, x0 = np.array([[1.0, 0.1], [0.0, 1.0]]), np.array([[0.0], [0.1]]), np.array([1.0, 0.0])
     >>> cost = quadratic_cost(np.eye(2), np.eye(1), np.eye(2), goal=np.zeros(2))
     >>> sol = ilqr(lambda x, u: A @ x + B @ u, lambda x, u: (A, B), cost, x0, np.zeros((20, 1)))
     >>> sol.controls.shape
