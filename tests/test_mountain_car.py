@@ -476,13 +476,15 @@ def test_runs_written_before_learner_init_existed_stay_resumable(tmp_path):
     from ml3tf.run import _check_resume, _run_record
 
     task = tasks.get("mountain_car")
-    record = _run_record(task, task.default_config().replace(learner_init="fresh"))
+    record = _run_record(task, task.default_config().replace(learner_init="fresh"), [0])
     old = json.loads(json.dumps(record))
-    del old["config"]["learner_init"]  # a config.json from before the field
+    del old["config"]["learner_init"]  # a config.json from before the field (and before "seeds")
+    del old["seeds"]
     (tmp_path / "config.json").write_text(json.dumps(old))
+    (tmp_path / "meta_loss.keras").write_bytes(b"")  # the folder holds a run: its record is compared
     _check_resume(str(tmp_path), record)  # the default ("fresh") is what the old run used
     with pytest.raises(ValueError, match="learner_init"):
-        _check_resume(str(tmp_path), _run_record(task, task.default_config()))  # "fixed" differs
+        _check_resume(str(tmp_path), _run_record(task, task.default_config(), [0]))  # "fixed" differs
 
 
 @pytest.mark.slow
