@@ -29,7 +29,7 @@ TF = ">=2.20,<2.22"  # tested: 2.20 (oldest, tensorflow-tpu's newest) and 2.21
 CORE = [
     # Keras 3 that pairs with TF 2.20/2.21; ml3tf never imports tf.keras.
     "keras>=3.10,<4",
-    "numpy>=1.26,<3",
+    "numpy>=1.26.4,<3",  # the oldest CI tests (constraints-oldest.txt); 1.x and 2.x
     # The main job writes a PNG plot; the `ml3tf` package itself imports matplotlib lazily.
     "matplotlib>=3.8,<4",
 ]
