@@ -164,22 +164,10 @@ def _saved_run(meta_loss_path: str, task_name: str) -> dict[str, Any]:
 
 
 def _config_beside(path: str) -> dict[str, Any] | None:
-    """The ``config.json`` that ``ml3tf train`` wrote beside ``path``; ``None`` if there is none.
+    """The ``config.json`` that ``ml3tf train`` wrote beside ``path`` (``ml3tf.run.read_record``)."""
+    from ml3tf.run import read_record
 
-    Raises:
-        ValueError: it exists but is not a readable JSON object (never silently ignored).
-    """
-    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    if not os.path.isfile(config_path):
-        return None
-    try:
-        with open(config_path) as f:
-            saved = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{config_path!r} (beside {path!r}) is not a readable config.json: {exc}") from None
-    if not isinstance(saved, dict):
-        raise ValueError(f"{config_path!r} (beside {path!r}) is not a readable config.json: not an object")
-    return saved
+    return read_record(os.path.dirname(os.path.abspath(path)))
 
 
 def _progress_callback(meta_steps: int, quiet: bool):

@@ -30,6 +30,7 @@ The records never lie about the model beside them:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -38,7 +39,7 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,19 +161,31 @@ def _write_record(run_dir: str, record: dict[str, Any]) -> None:
     )
 
 
+def read_record(run_dir: str) -> dict[str, Any] | None:
+    """The ``config.json`` of ``run_dir`` (task, task options, config, seeds); ``None`` if absent.
+
+    Raises:
+        ValueError: it exists but is not a readable JSON object (never silently ignored).
+    """
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path!r} is not a readable config.json: {exc}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path!r} is not a readable config.json: not a JSON object")
+    return record
+
+
 def _check_resume(run_dir: str, record: dict[str, Any]) -> None:
     if not holds_run(run_dir):
         return  # empty, or a run that failed before its first checkpoint: it is replaced
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
+    old = read_record(run_dir)
+    if old is None:
         raise ValueError(f"out_dir {run_dir!r} holds a trained run but no config.json; use another --out-dir")
-    try:
-        with open(path) as f:
-            old = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path!r} is not a readable config.json: {exc}") from None
-    if not isinstance(old, dict):
-        raise ValueError(f"{path!r} is not a readable config.json: not a JSON object")
     if old.get("task") != record["task"]:
         raise ValueError(
             f"out_dir {run_dir!r} holds a run of task {old.get('task')!r}, not {record['task']!r}"
@@ -487,9 +500,7 @@ def train(
 
     check()
     _check_meta_batch_fits(task, config)
-    created = not os.path.exists(out)
-    lock = RunDirLock(out).acquire()
-    try:
+    with _locked(out, keep=lambda: any(holds_run(d) for d in run_dirs)):
         check()  # again under the lock: another process may have written meanwhile
         trainer = MetaTrainer(task, config.replace(seed=seeds[0]))  # one trace serves every seed
         for run_dir, seed in zip(run_dirs, seeds, strict=True):
@@ -499,20 +510,23 @@ def train(
         results = None
         if evaluate:
             results = _evaluate_locked(task, paths, config, out, seeds, learner_paths=learners or None)
-    except BaseException:
-        if created:
-            _remove_if_empty_run(out, run_dirs)
-        raise
-    finally:
-        lock.release()
     return TrainResult(out, run_dirs, paths, results, learners)
 
 
-def _remove_if_empty_run(out: str, run_dirs: list[str]) -> None:
-    """Remove the folder a failed call created, if no run made it to a checkpoint."""
-    if any(holds_run(d) for d in run_dirs):
-        return
-    shutil.rmtree(out, ignore_errors=True)
+@contextlib.contextmanager
+def _locked(out: str, keep: Callable[[], bool]) -> Iterator[None]:
+    """Hold ``out``'s lock; if the body fails and this call created ``out``, remove it unless
+    ``keep()`` (something worth resuming was written)."""
+    created = not os.path.exists(out)
+    lock = RunDirLock(out).acquire()
+    try:
+        yield
+    except BaseException:
+        if created and not keep():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
 
 
 def evaluate_files(
@@ -535,16 +549,8 @@ def evaluate_files(
     the learned arm adapts with the baseline loss).
     """
     out = check_out_dir(out_dir)
-    created = not os.path.exists(out)
-    lock = RunDirLock(out).acquire()
-    try:
+    with _locked(out, keep=lambda: not set(os.listdir(out)) <= {LOCK_NAME}):
         return _evaluate_locked(task, meta_loss_paths, config, out, seeds, steps, plot, learner_paths)
-    except BaseException:
-        if created and set(os.listdir(out)) <= {LOCK_NAME}:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        lock.release()
 
 
 def _evaluate_locked(
