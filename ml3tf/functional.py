@@ -94,7 +94,7 @@ class FunctionalModel:
         Deterministic in ``seed`` (a shape-``[2]`` int tensor or pair), graph-friendly
         (stateless random ops), so a compiled meta-step can re-initialise the learner.
         """
-        seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
+        seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)  # int64: no overflow (ml3tf.seeds)
         out = []
         for i, v in enumerate(self.model.trainable_variables):
             shape = tuple(v.shape)
