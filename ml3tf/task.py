@@ -13,17 +13,21 @@ problems, where the loss network sees ``(ŷ, y)``.
 
 from __future__ import annotations
 
+import abc
+import dataclasses
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ml3tf.engine import architecture_key
 from ml3tf.functional import FunctionalModel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ml3tf.meta_trainer import MetaTrainConfig
+    from ml3tf.config import MetaTrainConfig
 
 Data = dict[str, Any]
 
@@ -59,37 +63,60 @@ class TaskBatch:
         return TaskBatch(pick(self.support), pick(self.query), pick(self.extra))
 
 
-@runtime_checkable
-class Task(Protocol):
-    """What ``MetaTrainer`` and ``ml3tf.train`` need from a problem family."""
+class Task(abc.ABC):
+    """The contract between a problem family and the algorithm: every hook ``MetaTrainer``,
+    ``ml3tf.train`` and the meta-test engine may call is declared here, with its default.
 
-    name: str
+    Names, the same from code to CLI flags to JSON: the **learner** f is the network trained in
+    the inner loop (here always its functional view, a ``FunctionalModel``), **params** θ its
+    weights as tensors, **state** its non-trainable variables (BatchNorm statistics), the
+    **meta-loss** M_φ the loss network, **task_loss** L_task, **extra_loss** L_extra,
+    **baseline_loss** the hand-written loss the learned one is compared with; the
+    **initial_loss** is the inner loss at θ₀ (what a meta-step reports beside L_task).
 
+    Required: ``name``, ``default_config``, ``sample``, ``make_learner``, ``make_meta_loss``,
+    ``meta_loss_inputs``, ``task_loss``, ``evaluate``. The data a task generates is defined by
+    its ``options`` (an instance of its ``Options`` dataclass, set in ``__init__``):
+    ``describe_options`` returns them, and they are part of a run's resume identity for every
+    task by construction (a run folder cannot be resumed with other options).
+    """
+
+    name: str = "task"
+    #: The dataclass of the task's options; ``self.options`` holds an instance.
+    Options: type = None  # type: ignore[assignment]
+    #: What meta-test reports: the metric's name, the baseline's name, and the direction.
+    metric_name: str = "loss"
+    baseline_name: str = "baseline"
+    higher_is_better: bool = False
+
+    # --- required ---------------------------------------------------------------------
+    @abc.abstractmethod
     def default_config(self) -> MetaTrainConfig:
         """The paper-faithful meta-training configuration for this task."""
 
+    @abc.abstractmethod
     def sample(self, seed: int, step: int, batch_size: int) -> TaskBatch:
         """Meta-training data for ``step``; deterministic in ``(seed, step)`` (resumable)."""
 
+    @abc.abstractmethod
     def make_learner(self) -> keras.Model:
-        """A built learner ``f_θ``."""
+        """A built learner network ``f_θ``."""
 
+    @abc.abstractmethod
     def make_meta_loss(self) -> keras.Model:
         """A built loss network ``M_φ`` (features → per-example loss)."""
 
+    @abc.abstractmethod
     def meta_loss_inputs(
         self, learner: FunctionalModel, params: list, state: list, data: Data
     ) -> tuple[tf.Tensor, list]:
-        """Features ``(N, F)`` the loss network sees, and the learner's new state."""
+        """Features ``(N, F)`` the loss network sees at θ = ``params``, and the learner's new state."""
 
+    @abc.abstractmethod
     def task_loss(self, learner: FunctionalModel, params: list, state: list, data: Data) -> tf.Tensor:
         """The real objective L_task after the inner steps (scalar)."""
 
-    def extra_loss(
-        self, learner: FunctionalModel, params: list, state: list, data: Data, extra: Data
-    ) -> tf.Tensor | None:
-        """Optional L_extra (meta-train-time information); ``None`` when the task has none."""
-
+    @abc.abstractmethod
     def evaluate(
         self,
         meta_losses: list[keras.Model],
@@ -97,14 +124,57 @@ class Task(Protocol):
         seeds: list[int],
         steps: int | None = None,
     ) -> dict:
-        """Meta-test: fresh learners trained on each meta-loss vs the baseline (results.json schema).
+        """Meta-test (through ``ml3tf.engine.MetaTestEngine``): fresh learners trained on each
+        meta-loss vs the baseline; the results.json schema.
 
-        ``meta_losses[i]`` belongs to ``seeds[i]`` (or one loss serves all seeds);
-        ``steps`` defaults to ``config.eval_steps``.
+        ``meta_losses[i]`` belongs to ``seeds[i]`` (or one loss serves all seeds); ``steps``
+        defaults to ``config.eval_steps``; learners adapt with ``config.inner_optimizer``.
         """
 
+    # --- optional, with defaults ---------------------------------------------------------
+    def extra_loss(
+        self, learner: FunctionalModel, params: list, state: list, data: Data, extra: Data
+    ) -> tf.Tensor | None:
+        """L_extra (meta-train-time information), or ``None`` (the default): the task has none."""
+        return None
 
-class SupervisedTask:
+    def baseline_inner_loss(
+        self, learner: FunctionalModel, params: list, state: list, data: Data
+    ) -> tuple[tf.Tensor, list]:
+        """``(baseline_loss at θ, new_state)`` on the support set: the inner loss of ``method='maml'``.
+
+        The default raises: a task without a hand-written baseline cannot run MAML.
+        """
+        raise ValueError(f"method='maml' needs a task with a baseline loss; task {self.name!r} has none")
+
+    def before_meta_steps(self, trainer: Any, first_step: int, count: int) -> None:
+        """Called by ``MetaTrainer.run_steps`` before each compiled chunk of meta-steps, outside
+        the graph: a task may change what its compiled functions read (variables only, e.g. a
+        refitted dynamics model). Default: nothing."""
+        return None
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Trackables (variables, Keras models/optimizers) saved with every checkpoint and restored
+        on resume, for tasks whose meta-training state is more than φ (default: none)."""
+        return {}
+
+    def restore_state(self, step: int) -> None:
+        """Called after ``checkpoint_state()`` was restored from the checkpoint of ``step``."""
+        return None
+
+    def describe_options(self) -> dict[str, Any]:
+        """The task's options as a JSON-able dict (``dataclasses.asdict(self.options)``): written to
+        config.json and results.json, and compared on resume."""
+        options = getattr(self, "options", None)
+        if options is None or not dataclasses.is_dataclass(options):
+            raise ValueError(
+                f"task {self.name!r} has no options dataclass: set self.options = self.Options(...) in "
+                "__init__ (its fields define the task's data and its runs' resume identity)"
+            )
+        return dataclasses.asdict(options)
+
+
+class SupervisedTask(Task):
     """Base class for tasks where the loss network sees ``(ŷ, y)``.
 
     Subclasses provide ``make_learner``, ``make_meta_loss``, ``sample``,
@@ -131,7 +201,7 @@ class SupervisedTask:
         return tf.concat([tf.reshape(y_pred, (n, -1)), tf.reshape(y_true, (n, -1))], axis=-1)
 
     def metric(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
-        """Mean squared error; the task loss and the reported metric."""
+        """Mean squared error; the task loss."""
         return tf.reduce_mean(tf.square(y_pred - tf.cast(y_true, y_pred.dtype)))
 
     def eval_metric(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
@@ -155,17 +225,40 @@ class SupervisedTask:
         y_pred, new_state = learner.apply(params, data["x"], state, training=True)
         return self.baseline_loss(y_pred, data["y"]), new_state
 
-    def extra_loss(self, learner, params, state, data, extra):
-        return None
-
     # --- meta-test --------------------------------------------------------------
-    def eval_splits(self, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def eval_splits(self, seed: int) -> dict[str, tuple[np.ndarray, ...]]:
         """``{split: (x (T,N,…), y (T,N,…))}`` of meta-test tasks for ``seed``.
 
         A split may also be ``(x, y, x_query, y_query)``: learners train on ``(x, y)``
         and the metric is measured on the held-out ``(x_query, y_query)``.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"task {self.name!r} does not define eval_splits")
+
+    def _split_curves(self, engine, key, loss, metric, seed, splits, phi, init) -> dict[str, np.ndarray]:
+        """Per split, the mean curve over its tasks; splits of equal shapes run as one batch.
+
+        ``init``: one θ₀ (list of arrays) every task starts from; default fresh Xavier inits.
+        """
+        groups: dict[tuple, list[str]] = {}
+        for name, arrays in splits.items():
+            if len(arrays) not in (2, 4):
+                raise ValueError(f"split {name!r} must be (x, y) or (x_s, y_s, x_q, y_q), got {len(arrays)}")
+            groups.setdefault(tuple(np.shape(a)[1:] for a in arrays), []).append(name)
+        out = {}
+        for names in groups.values():
+            cols = [np.concatenate([splits[n][i] for n in names]) for i in range(len(splits[names[0]]))]
+            count = len(cols[0])
+            data = {"x": cols[0], "y": cols[1]}
+            if len(cols) == 4:
+                data.update(xq=cols[2], yq=cols[3])
+            params0 = engine.initial_params(seed, count) if init is None else engine.stack(init, count)
+            state = [tf.stack([s] * count) for s in engine.learner.state()]
+            c, _ = engine.run((key, len(cols)), loss, metric, params0, data, phi, state)
+            start = 0
+            for n in names:
+                out[n] = c[start : start + len(splits[n][0])].mean(axis=0)
+                start += len(splits[n][0])
+        return out
 
     def evaluate(
         self,
@@ -174,22 +267,82 @@ class SupervisedTask:
         seeds: list[int],
         steps: int | None = None,
         initial_params: list | None = None,
+        metric: Any = None,
+        metric_name: str | None = None,
     ) -> dict:
         """Train fresh learners with each learned loss and with the baseline, side by side.
 
         ``meta_losses[i]`` is used for ``seeds[i]`` (one loss for all seeds is fine).
-        Learners start from the same Xavier init for both methods and are trained
-        with SGD at ``config.inner_lr`` for ``steps`` (default ``config.eval_steps``).
-        ``initial_params`` (one θ₀ per seed, or one for all; MAML): the learned arm
-        starts from it instead; with ``meta_losses=[]`` it trains on the baseline loss.
-        Compiled curves are cached on the task, so repeated evaluations (``eval_every``)
-        do not trace again.
+        Learners start from the same Xavier init for both methods and adapt with
+        ``config.inner_optimizer`` at ``config.inner_lr`` for ``steps`` (default
+        ``config.eval_steps``). ``initial_params`` (one θ₀ per seed, or one for all; MAML):
+        the learned arm starts from it instead; with ``meta_losses=[]`` it trains on the
+        baseline loss. ``metric`` ``(ŷ, y) ↦ scalar`` (default ``eval_metric``) and
+        ``metric_name`` (default ``metric_name``) choose what the curves record.
         """
-        from ml3tf.evaluation import SupervisedEvaluator
+        from ml3tf.engine import engine_for, per_seed, phi_of, stateless_loss
+        from ml3tf.results import summarize
 
-        steps = config.eval_steps if steps is None else int(steps)
-        key = (config.inner_lr, steps, config.eval_jit_compile)
-        cache = self.__dict__.setdefault("_evaluators", {})
-        if key not in cache:
-            cache[key] = SupervisedEvaluator(self, config.inner_lr, steps, config.eval_jit_compile)
-        return cache[key].evaluate(meta_losses, seeds, config.to_dict(), initial_params=initial_params)
+        if not meta_losses and initial_params is None:
+            raise ValueError("meta_losses must hold at least one loss network (or give initial_params)")
+        losses = per_seed(meta_losses or None, seeds, "meta-losses")
+        inits = per_seed(initial_params, seeds, "initial_params")
+        engine = engine_for(self, config, steps)
+        if inits is not None:
+            engine.check_params(inits, engine.learner.shapes)
+        measure = self.eval_metric if metric is None else metric
+        learner = engine.learner
+
+        def metric_fn(params, state, data):
+            x, y = (data["xq"], data["yq"]) if "xq" in data else (data["x"], data["y"])
+            return measure(learner.apply(params, x, state, training=True)[0], y)
+
+        def baseline(params, state, data, _phi):
+            y_pred, new_state = learner.apply(params, data["x"], state, training=True)
+            return self.baseline_loss(y_pred, data["y"]), new_state
+
+        def learned_fn(meta_loss):
+            mean_m = stateless_loss(meta_loss, self.loss_features)
+
+            def loss(params, state, data, phi):
+                y_pred, new_state = learner.apply(params, data["x"], state, training=True)
+                return mean_m(phi, y_pred, data["y"]), new_state
+
+            return loss
+
+        metric_key = metric_name or "eval_metric"
+        base_cache = self.__dict__.setdefault("_baseline_curves", {})
+        start = time.perf_counter()
+        curves: dict[str, dict[str, list[np.ndarray]]] = {}
+        for i, seed in enumerate(seeds):
+            splits = self.eval_splits(seed)
+            init = None if inits is None else inits[i]
+            if losses is not None:
+                key = ("learned", architecture_key(losses[i]), metric_key)
+                learned = self._split_curves(
+                    engine, key, learned_fn(losses[i]), metric_fn, seed, splits, phi_of(losses[i]), init
+                )
+            else:
+                learned = self._split_curves(
+                    engine, ("baseline", metric_key), baseline, metric_fn, seed, splits, [], init
+                )
+            bkey = (id(engine), metric_key, seed)
+            if bkey not in base_cache:  # a baseline curve never changes: one per seed and engine
+                base_cache[bkey] = self._split_curves(
+                    engine, ("baseline", metric_key), baseline, metric_fn, seed, splits, [], None
+                )
+            for split in splits:
+                per = curves.setdefault(split, {"learned": [], "baseline": []})
+                per["learned"].append(learned[split])
+                per["baseline"].append(base_cache[bkey][split])
+        return summarize(
+            task=self.name,
+            metric=metric_name or self.metric_name,
+            higher_is_better=self.higher_is_better,
+            baseline=self.baseline_name,
+            steps=engine.steps,
+            seeds=list(seeds),
+            curves=curves,
+            config=config.to_dict(),
+            wall_seconds=time.perf_counter() - start,
+        )

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 from dataclasses import dataclass
@@ -342,27 +341,13 @@ class ClassificationTask(SupervisedTask):
         config: MetaTrainConfig,
         seeds: list[int],
         steps: int | None = None,
+        initial_params: list | None = None,
     ) -> dict:
         """Accuracy results (results.json schema) plus ``results["loss"]``: cross-entropy after the steps."""
-        from ml3tf.evaluation import SupervisedEvaluator
-
-        results = super().evaluate(meta_losses, config, seeds, steps)
-        steps = config.eval_steps if steps is None else int(steps)
-        key = ("loss", config.inner_lr, steps, config.eval_jit_compile)
-        cache = self.__dict__.setdefault("_evaluators", {})
-        if key not in cache:
-            cache[key] = SupervisedEvaluator(
-                self,
-                config.inner_lr,
-                steps,
-                config.eval_jit_compile,
-                metric=self.metric,
-                metric_name="cross_entropy",
-            )
-        loss = cache[key].evaluate(meta_losses, seeds, {})
+        results = super().evaluate(meta_losses, config, seeds, steps, initial_params)
+        loss = super().evaluate(
+            meta_losses, config, seeds, steps, initial_params, metric=self.metric, metric_name="cross_entropy"
+        )
         results["loss"] = {k: loss[k] for k in ("metric", "higher_is_better", "final", "at_step_1", "curves")}
         results["wall_seconds"] += loss["wall_seconds"]
         return results
-
-    def describe_options(self) -> dict:
-        return dataclasses.asdict(self.options)

@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -46,9 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
-from ml3tf.evaluation import EVAL_SEED_OFFSET, make_curve_fn
-from ml3tf.functional import FunctionalModel
-from ml3tf.inner import SGD
+from ml3tf.engine import architecture_key, engine_for, per_seed, phi_of
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.models.inertia import make_inertia_learner
 from ml3tf.results import summarize
@@ -244,60 +241,50 @@ class InverseDynamicsTask(SupervisedTask):
             ys.append(np.concatenate([y, mask[:, None]], -1))
         return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
 
-    def describe_options(self) -> dict:
-        return dataclasses.asdict(self.options)
-
     # --- meta-test ----------------------------------------------------------------------
     def meta_test(
-        self, meta_loss: keras.Model | None, seed: int, steps: int, learning_rate: float
+        self, meta_loss: keras.Model | None, seed: int, config: MetaTrainConfig, steps: int | None = None
     ) -> dict[str, np.ndarray]:
-        """Fresh learners trained by SGD on the fit rows of ``eval_data(seed)`` with the learned
-        loss (or MSE for ``meta_loss=None``); ``{"torque": (T, steps+1), "inertia": (T, steps+1)}``
-        are the held-out torque MSE and inertia error after each step (``make_curve_fn``)."""
-        key = (meta_loss is None, int(steps), float(learning_rate))
-        cache = self.__dict__.setdefault("_meta_test_cache", {})
-        if key not in cache:
-            cache[key] = self._meta_test_fns(meta_loss, int(steps), float(learning_rate))
-        torque_fn, inertia_fn, functional = cache[key]
-        xs, ys = self.eval_data(seed)
-        t = len(xs)
-        inits = [functional.init_params([seed, EVAL_SEED_OFFSET + i]) for i in range(t)]
-        params0 = [tf.stack(p) for p in zip(*inits, strict=True)]
-        phi = [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
-        args = (params0, tf.constant(xs), tf.constant(ys), [], phi)
-        return {"torque": torque_fn(*args).numpy(), "inertia": inertia_fn(*args).numpy()}
+        """Fresh learners trained on the fit rows of ``eval_data(seed)`` with the learned loss (or
+        MSE for ``meta_loss=None``) by the meta-test engine (``config``'s inner optimizer at
+        ``inner_lr``); ``{"torque": (T, steps+1), "inertia": (T, steps+1)}`` are the held-out
+        torque MSE and inertia error after each step."""
+        engine = engine_for(self, config, steps, jit_compile=False)
+        learner = engine.learner
 
-    def _meta_test_fns(self, meta_loss, steps, learning_rate):
-        functional = FunctionalModel(self.make_learner())
-        if meta_loss is None:
-
-            def loss_fn(out, y, _phi):
-                err = tf.reduce_sum(tf.square(out[:, :2] - y[:, :2]), -1) / 2
-                return tf.reduce_sum(err * y[:, 5]) / tf.reduce_sum(y[:, 5])
-        else:
-            non_trainable = [tf.convert_to_tensor(v) for v in meta_loss.non_trainable_variables]
-
-            def loss_fn(out, y, phi):
-                per_example, _ = meta_loss.stateless_call(
-                    list(phi), non_trainable, self.loss_features(out, y)
-                )
-                return tf.reduce_sum(per_example[:, 0] * y[:, 5]) / tf.reduce_sum(y[:, 5])
+        def forward(params, state, data):
+            return learner.apply(params, data["x"], state, training=True)[0], data["y"]
 
         def heldout(values, y):
             return tf.reduce_sum(values * (1 - y[:, 5])) / tf.reduce_sum(1 - y[:, 5])
 
-        def torque(out, y):
-            return heldout(tf.reduce_mean(tf.square(out[:, :2] - y[:, :2]), -1), y)
+        def metric(params, state, data):
+            out, y = forward(params, state, data)
+            torque = heldout(tf.reduce_mean(tf.square(out[:, :2] - y[:, :2]), -1), y)
+            return tf.stack([torque, heldout(inertia_error(out[:, 2:5], y[:, 2:5], reduce=False), y)])
 
-        def inertia_metric(out, y):
-            return heldout(inertia_error(out[:, 2:5], y[:, 2:5], reduce=False), y)
+        if meta_loss is None:
+            key = "mse"
 
-        sgd = SGD(learning_rate)
-        return (
-            make_curve_fn(functional, loss_fn, torque, steps, sgd),
-            make_curve_fn(functional, loss_fn, inertia_metric, steps, sgd),
-            functional,
-        )
+            def loss(params, state, data, _phi):
+                out, y = forward(params, state, data)
+                err = tf.reduce_sum(tf.square(out[:, :2] - y[:, :2]), -1) / 2
+                return tf.reduce_sum(err * y[:, 5]) / tf.reduce_sum(y[:, 5]), state
+        else:
+            key = ("learned", architecture_key(meta_loss))
+            non_trainable = [tf.convert_to_tensor(v) for v in meta_loss.non_trainable_variables]
+
+            def loss(params, state, data, phi):
+                out, y = forward(params, state, data)
+                per_example, _ = meta_loss.stateless_call(
+                    list(phi), non_trainable, self.loss_features(out, y)
+                )
+                return tf.reduce_sum(per_example[:, 0] * y[:, 5]) / tf.reduce_sum(y[:, 5]), state
+
+        xs, ys = self.eval_data(seed)
+        params0 = engine.initial_params(seed, len(xs))
+        curves, _ = engine.run(key, loss, metric, params0, {"x": xs, "y": ys}, phi_of(meta_loss))
+        return {"torque": curves[..., 0], "inertia": curves[..., 1]}
 
     def evaluate(
         self,
@@ -308,18 +295,14 @@ class InverseDynamicsTask(SupervisedTask):
     ) -> dict:
         """results.json schema: split ``heldout`` (torque MSE on held-out trajectories), learned
         loss vs MSE; plus ``inertia_error`` curves and finals in the same shape."""
-        if not meta_losses or len(meta_losses) not in (1, len(seeds)):
-            raise ValueError(
-                f"got {len(meta_losses)} meta-losses for {len(seeds)} seeds: give one, or one per seed"
-            )
+        losses = per_seed(meta_losses, seeds, "meta-losses")
         steps = config.eval_steps if steps is None else int(steps)
         start = time.perf_counter()
         torque: dict[str, list] = {"learned": [], "baseline": []}
         inert: dict[str, list] = {"learned": [], "baseline": []}
-        for i, seed in enumerate(seeds):
-            meta_loss = meta_losses[i if len(meta_losses) > 1 else 0]
+        for seed, meta_loss in zip(seeds, losses, strict=True):
             for method, loss in (("learned", meta_loss), ("baseline", None)):
-                out = self.meta_test(loss, seed, steps, config.inner_lr)
+                out = self.meta_test(loss, seed, config, steps)
                 torque[method].append(out["torque"].mean(0))
                 inert[method].append(out["inertia"].mean(0))
         common = dict(

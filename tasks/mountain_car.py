@@ -45,8 +45,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -57,13 +55,13 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
-from ml3tf.evaluation import EVAL_SEED_OFFSET, make_curve_fn
+from ml3tf.engine import architecture_key, engine_for, per_seed, phi_of, stateless_loss
 from ml3tf.functional import FunctionalModel
-from ml3tf.inner import SGD, unroll
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.models.mlp import make_mlp
 from ml3tf.results import summarize_task
-from ml3tf.task import TaskBatch
+from ml3tf.seeds import meta_test_seeds, meta_train_seeds
+from ml3tf.task import Task, TaskBatch
 
 # --- the authors' physics ---------------------------------------------------------------
 MASS = 0.2
@@ -207,7 +205,7 @@ class MountainCarOptions:
             raise ValueError(f"success_position must lie in (−1.2, 0.5], got {self.success_position!r}")
 
 
-class MountainCarTask:
+class MountainCarTask(Task):
     """The MountainCar task (see the module docstring)."""
 
     name = "mountain_car"
@@ -234,9 +232,6 @@ class MountainCarTask:
             eval_jit_compile=False,
             steps_per_call=100,
         )
-
-    def describe_options(self) -> dict:
-        return dataclasses.asdict(self.options)
 
     # --- networks -----------------------------------------------------------------------
     def make_learner(self) -> keras.Model:
@@ -320,94 +315,64 @@ class MountainCarTask:
         """θ₀ of the meta-train policy of ``seed`` with ``learner_init="fixed"`` (stacked, 1 policy):
         the authors' meta-test starts from it (their policy is never re-initialised)."""
         f = FunctionalModel(self.make_learner())
-        return [p.numpy()[None] for p in f.init_params([seed, 0])]
+        return [p.numpy()[None] for p in f.init_params(meta_train_seeds(seed, 0, 1)[0])]
 
     def test_params(self, seed: int) -> list[np.ndarray]:
         """θ₀ of the ``n_test_policies`` fresh meta-test policies of ``seed`` (stacked, Xavier)."""
         f = FunctionalModel(self.make_learner())
-        draws = [f.init_params([EVAL_SEED_OFFSET + seed, i]) for i in range(self.options.n_test_policies)]
+        draws = [f.init_params(s) for s in meta_test_seeds(seed, self.options.n_test_policies)]
         return [np.stack([d[j].numpy() for d in draws]) for j in range(len(f.shapes))]
 
     def meta_test(
         self,
         meta_loss: keras.Model | None,
         params0: list[np.ndarray],
-        steps: int,
-        learning_rate: float,
+        config: MetaTrainConfig,
+        steps: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Policies ``params0`` (stacked, N of them) trained ``steps`` SGD steps on the learned
-        loss alone (``meta_loss=None``: on the task loss, the baseline).
+        """Policies ``params0`` (stacked, N of them) trained by the meta-test engine (``config``'s
+        inner optimizer at ``inner_lr``) on the learned loss alone (``meta_loss=None``: on the task
+        loss, the baseline).
 
         Returns ``{"final_distance": (N, steps+1), "max_position": (N, steps+1),
-        "positions": (N, steps+1, T+1), "velocities": (N, steps+1, T+1)}``, index k = after
-        k steps. One ``ml3tf.evaluation.make_curve_fn`` call; its metric is the whole rollout.
+        "positions": (N, steps+1, T+1), "velocities": (N, steps+1, T+1), "params": θ_steps}``,
+        index k = after k steps.
         """
-        arch = None
-        if meta_loss is not None:  # one trace per loss architecture (φ enters as tensors)
-            config = {k: v for k, v in meta_loss.get_config().items() if k not in ("name", "trainable")}
-            arch = json.dumps([type(meta_loss).__qualname__, config], sort_keys=True, default=str)
-        key = (arch, int(steps), float(learning_rate))
-        cache = self.__dict__.setdefault("_meta_test_cache", {})
-        if key not in cache:
-            cache[key] = self._meta_test_fn(meta_loss, int(steps), float(learning_rate))
-        params0 = [tf.constant(p) for p in params0]
-        n = int(params0[0].shape[0])
-        starts = tf.constant(np.tile(np.asarray(self.options.start, np.float32), (n, 1, 1)))
-        phi = [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
-        out = cache[key](params0, starts, starts, [], phi).numpy()  # (F, N, steps+1)
-        t1 = self.options.horizon + 1
-        return {
-            "final_distance": out[0],
-            "max_position": out[1],
-            "positions": np.moveaxis(out[2 : 2 + t1], 0, -1),
-            "velocities": np.moveaxis(out[2 + t1 :], 0, -1),
-        }
-
-    def adapt(
-        self, meta_loss: keras.Model | None, params0: list, steps: int, learning_rate: float
-    ) -> list[tf.Tensor]:
-        """One policy θ₀ trained ``steps`` SGD steps on the learned loss (``None``: the task
-        loss), by ``ml3tf.inner.unroll``: the same update as ``meta_test`` and meta-training,
-        returning θ (for rolling the policy out in an environment)."""
-        f = FunctionalModel(self.make_learner())
-        start = {"start": np.asarray(self.options.start, np.float32)}
-
-        def loss_fn(params, state):
-            if meta_loss is None:
-                return self.task_loss(f, params, state, start), state
-            feats, state = self.meta_loss_inputs(f, params, state, start)
-            return tf.reduce_mean(meta_loss(feats)), state
-
-        params0 = [tf.convert_to_tensor(p) for p in params0]
-        return list(unroll(loss_fn, params0, SGD(learning_rate), int(steps)).params)
-
-    def _meta_test_fn(self, meta_loss, steps, learning_rate):
-        view = _RolloutView(self, FunctionalModel(self.make_learner()))
+        engine = engine_for(self, config, steps, jit_compile=False)
+        learner = engine.learner
         goal = tf.constant(self.options.goal, tf.float32)
-        if meta_loss is None:
 
-            def loss_fn(traj, _y, _phi):
-                return self.trajectory_task_loss(traj[:, :2])
-        else:
-            non_trainable = [tf.convert_to_tensor(v) for v in meta_loss.non_trainable_variables]
-
-            def loss_fn(traj, _y, phi):
-                feats = self.features(traj[:, :2], traj[:-1, 2:3])
-                per_step, _ = meta_loss.stateless_call(list(phi), non_trainable, feats)
-                return tf.reduce_mean(per_step)
-
-        def metric(traj, _y):
-            states = traj[:, :2]
+        def metric(params, _state, data):
+            states, _ = self.rollout(learner, params, data["start"])
             return tf.concat(
-                [
-                    [tf.norm(states[-1] - goal), tf.reduce_max(states[:, 0])],
-                    states[:, 0],
-                    states[:, 1],
-                ],
+                [[tf.norm(states[-1] - goal), tf.reduce_max(states[:, 0])], states[:, 0], states[:, 1]],
                 axis=0,
             )
 
-        return make_curve_fn(view, loss_fn, metric, steps, SGD(learning_rate))
+        if meta_loss is None:
+            key = "task_loss"
+
+            def loss(params, state, data, _phi):
+                return self.task_loss(learner, params, state, data), state
+        else:
+            key = ("learned", architecture_key(meta_loss))
+            mean_m = stateless_loss(meta_loss, self.features)
+
+            def loss(params, state, data, phi):
+                states, actions = self.rollout(learner, params, data["start"])
+                return mean_m(phi, states, actions), state
+
+        n = int(np.shape(params0[0])[0])
+        starts = np.tile(np.asarray(self.options.start, np.float32), (n, 1))
+        out, params = engine.run(key, loss, metric, params0, {"start": starts}, phi_of(meta_loss))
+        t1 = self.options.horizon + 1
+        return {
+            "final_distance": out[..., 0],
+            "max_position": out[..., 1],
+            "positions": out[..., 2 : 2 + t1],
+            "velocities": out[..., 2 + t1 :],
+            "params": params,
+        }
 
     def evaluate(
         self,
@@ -424,24 +389,20 @@ class MountainCarTask:
         (the car reached p ≥ ``success_position``; ``curve``: after each step, ``mean``/``std``/
         ``per_seed``: after the last) and the mean position trajectory after each step
         (``trajectories[split][method]``, ``(steps+1, T+1)``)."""
-        if not meta_losses or len(meta_losses) not in (1, len(seeds)):
-            raise ValueError(
-                f"got {len(meta_losses)} meta-losses for {len(seeds)} seeds: give one, or one per seed"
-            )
+        losses = per_seed(meta_losses, seeds, "meta-losses")
         steps = config.eval_steps if steps is None else int(steps)
         start = time.perf_counter()
         splits = {"train": self.train_params, "test": self.test_params}
         curves = {sp: {"learned": [], "baseline": []} for sp in splits}
         success = {sp: {"learned": [], "baseline": []} for sp in splits}
         positions = {sp: {"learned": [], "baseline": []} for sp in splits}
-        for i, seed in enumerate(seeds):
-            meta_loss = meta_losses[i if len(meta_losses) > 1 else 0]
+        for seed, meta_loss in zip(seeds, losses, strict=True):
             # both splits in one call (one trace per method, not one per split shape)
             parts = {split: params_of(seed) for split, params_of in splits.items()}
             params0 = [np.concatenate(ps) for ps in zip(*parts.values(), strict=True)]
             bounds = np.cumsum([0] + [len(p[0]) for p in parts.values()])
             for method, loss in (("learned", meta_loss), ("baseline", None)):
-                out = self.meta_test(loss, params0, steps, config.inner_lr)
+                out = self.meta_test(loss, params0, config, steps)
                 for split, lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True):
                     curves[split][method].append(out["final_distance"][lo:hi].mean(axis=0))
                     reached = out["max_position"][lo:hi] >= self.options.success_position  # (N, steps+1)
@@ -529,18 +490,3 @@ def _norm(x: tf.Tensor) -> tf.Tensor:
     sq = tf.reduce_sum(tf.square(x), axis=-1)
     safe = tf.where(sq > 0, sq, tf.ones_like(sq))
     return tf.where(sq > 0, tf.sqrt(safe), tf.zeros_like(sq))
-
-
-class _RolloutView:
-    """A policy's functional view for ``make_curve_fn``: ``apply(θ, start)`` returns the rollout
-    ``[s_t, a_t]`` as ``(T+1, 3)`` (the last action row is 0), so loss and metric functions
-    see the whole trajectory."""
-
-    def __init__(self, task: MountainCarTask, functional: FunctionalModel) -> None:
-        self.task = task
-        self.functional = functional
-
-    def apply(self, params, start, state=None, training=False):
-        states, actions = self.task.rollout(self.functional, params, start)
-        actions = tf.concat([actions, tf.zeros((1, 1), actions.dtype)], axis=0)
-        return tf.concat([states, actions], axis=-1), []

@@ -51,8 +51,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -65,13 +63,12 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
-from ml3tf.evaluation import EVAL_SEED_OFFSET
+from ml3tf.engine import architecture_key, engine_for, per_seed, phi_of, stateless_loss
 from ml3tf.functional import FunctionalModel
-from ml3tf.inner import SGD
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.models.mlp import make_mlp
 from ml3tf.results import summarize_task
-from ml3tf.task import TaskBatch
+from ml3tf.task import Task, TaskBatch
 
 ENV_ID = "ml3tf/PointMass-v0"
 OBS_DIM, ACT_DIM, N_FEATURES = 4, 2, 11
@@ -284,7 +281,7 @@ class PointMassOptions:
             )
 
 
-class PointMassTask:
+class PointMassTask(Task):
     """Model-free ML3 on the point mass (see the module docstring)."""
 
     name = "point_mass"
@@ -315,9 +312,6 @@ class PointMassTask:
             use_bias=True,
             output_activation="linear",
         )
-
-    def describe_options(self) -> dict:
-        return dataclasses.asdict(self.options)
 
     # --- rollouts and features -------------------------------------------------------------
     def _mean_fn(self, learner: FunctionalModel, params: list, state: list) -> Callable:
@@ -396,103 +390,55 @@ class PointMassTask:
         return rng.standard_normal((o.n_eval_goals, steps, o.episodes, o.horizon, ACT_DIM)).astype(np.float32)
 
     # --- meta-test ---------------------------------------------------------------------------
-    def _functional(self) -> FunctionalModel:
-        if "_eval_functional" not in self.__dict__:
-            self._eval_functional = FunctionalModel(self.make_learner())
-        return self._eval_functional
-
-    def initial_params(self, seed: int, count: int) -> list[tf.Tensor]:
-        """Stacked θ₀ ``(count, …)`` of the meta-test policies of ``seed`` (Xavier, zero biases)."""
-        f = self._functional()
-        inits = [f.init_params(tf.constant([seed, EVAL_SEED_OFFSET + i], tf.int32)) for i in range(count)]
-        return [tf.stack(p) for p in zip(*inits, strict=True)]
-
     def deterministic_return(self, learner: FunctionalModel, params: list, goal) -> tf.Tensor:
         """Return of one episode of the mean policy μ_θ (no noise)."""
         noise = tf.zeros((1, self.options.horizon, ACT_DIM), tf.float32)
         traj = self.rollout(learner, params, [], goal, noise)
         return tf.reduce_sum(traj["reward"])
 
-    def curve_fn(self, meta_loss: keras.Model | None, steps: int, learning_rate: float) -> Callable:
-        """Compiled ``(θ₀ stacked, goals (G,2), noise (G,N,E,T,2), φ) ↦ (returns (G, N+1), θ_N)``.
-
-        One ``tf.while_loop`` over the N updates; the G goals' policies train side by side
-        (``tf.vectorized_map``). ``meta_loss=None``: the REINFORCE surrogate.
-        """
-        key = (None if meta_loss is None else _architecture_key(meta_loss), int(steps), float(learning_rate))
-        cache = self.__dict__.setdefault("_curve_fns", {})
-        if key in cache:
-            return cache[key]
-        learner = self._functional()
-        sgd = SGD(learning_rate)
-        non_trainable = (
-            [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.non_trainable_variables]
-        )
-
-        def loss_fn(params, goal, noise, phi):
-            if meta_loss is None:
-                return self.surrogate(learner, params, [], {"goal": goal, "noise": noise})
-            traj = self.rollout(learner, params, [], goal, noise)
-            feats = self.features(learner, params, [], traj)
-            per_example, _ = meta_loss.stateless_call(list(phi), non_trainable, feats)
-            return tf.reduce_mean(per_example)
-
-        def curves(params0, goals, noise, phi):
-            def one(args):
-                p, goal, eps = args
-                p = list(p)
-                with tf.GradientTape() as tape:
-                    tape.watch(p)
-                    loss = loss_fn(p, goal, eps, phi)
-                grads = tape.gradient(loss, p, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                return grads, self.deterministic_return(learner, p, goal)
-
-            def final(args):
-                p, goal = args
-                return self.deterministic_return(learner, list(p), goal)
-
-            def body(i, params, trace):
-                grads, ret = tf.vectorized_map(one, (params, goals, noise[:, i]))
-                params, _ = sgd.update(grads, (), params)
-                return i + 1, params, trace.write(i, ret)
-
-            trace = tf.TensorArray(tf.float32, size=steps + 1)
-            _, params, trace = tf.while_loop(
-                lambda i, *_: i < steps,
-                body,
-                (tf.constant(0), list(params0), trace),
-                maximum_iterations=steps,
-            )
-            trace = trace.write(steps, tf.vectorized_map(final, (params, goals)))
-            return tf.transpose(trace.stack()), params
-
-        cache[key] = tf.function(curves)
-        return cache[key]
-
     def meta_test(
         self,
         meta_loss: keras.Model | None,
         seed: int,
         split: str,
-        steps: int,
-        learning_rate: float,
+        config: MetaTrainConfig,
+        steps: int | None = None,
         init: Sequence[np.ndarray] | None = None,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Returns after 0 … N updates ``(G, N + 1)`` and the final θ_N (stacked) of ``split``.
 
+        The G goals' policies train side by side in the meta-test engine (``config``'s inner
+        optimizer at ``inner_lr``), each update on fresh rollouts (``eval_noise``).
         ``meta_loss=None`` trains with REINFORCE; ``init`` (one θ₀, e.g. MAML's) replaces the
         fresh Xavier θ₀ of every goal's policy.
         """
-        goals = self.eval_goals(seed, split)
-        noise = self.eval_noise(seed, split, steps)
-        if init is None:
-            params0 = self.initial_params(seed, len(goals))
+        engine = engine_for(self, config, steps, jit_compile=False)
+        learner = engine.learner
+
+        def metric(params, _state, data):
+            return self.deterministic_return(learner, params, data["goal"])
+
+        if meta_loss is None:
+            key = "reinforce"
+
+            def loss(params, state, data, _phi):
+                return self.surrogate(learner, params, [], data), state
         else:
-            params0 = [tf.stack([tf.convert_to_tensor(p, tf.float32)] * len(goals)) for p in init]
-        phi = [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
-        fn = self.curve_fn(meta_loss, steps, learning_rate)
-        returns, params = fn(params0, tf.constant(goals), tf.constant(noise), phi)
-        return returns.numpy(), [p.numpy() for p in params]
+            key = ("learned", architecture_key(meta_loss))
+            mean_m = stateless_loss(meta_loss, lambda feats: feats)
+
+            def loss(params, state, data, phi):
+                traj = self.rollout(learner, params, [], data["goal"], data["noise"])
+                return mean_m(phi, self.features(learner, params, [], traj)), state
+
+        goals = self.eval_goals(seed, split)
+        noise = self.eval_noise(seed, split, engine.steps)
+        if init is None:
+            params0 = engine.initial_params(seed, len(goals))
+        else:
+            params0 = engine.stack([np.asarray(p, np.float32) for p in init], len(goals))
+        data = {"goal": goals, "noise": noise}
+        return engine.run(key, loss, metric, params0, data, phi_of(meta_loss), per_step=("noise",))
 
     def real_env_returns(self, goals: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
         """Return of the deterministic policy θ_N[i] on goal i, in the gymnasium environment
@@ -500,7 +446,7 @@ class PointMassTask:
         import ml3tf.tasks.rl_env as rl_env
 
         o = self.options
-        learner = self._functional().model
+        learner = FunctionalModel(self.make_learner()).model
         out = []
         for i, goal in enumerate(goals):
             tf_env = rl_env.make_tf_env(
@@ -541,26 +487,22 @@ class PointMassTask:
         """
         if not meta_losses and initial_params is None:
             raise ValueError("meta_losses must hold at least one loss network (or give initial_params)")
-        for what, given in (("meta-losses", meta_losses), ("initial_params", initial_params)):
-            if given and len(given) not in (1, len(seeds)):
-                raise ValueError(f"got {len(given)} {what} for {len(seeds)} seeds: give one, or one per seed")
-        if initial_params is not None:
-            shapes = [tuple(s) for s in self._functional().shapes]
-            for init in initial_params:
-                got = [tuple(np.shape(p)) for p in init]
-                if got != shapes:
-                    raise ValueError(f"initial_params shapes {got} do not match the policy's {shapes}")
+        losses = per_seed(meta_losses or None, seeds, "meta-losses")
+        inits = per_seed(initial_params, seeds, "initial_params")
+        if inits is not None:
+            engine = engine_for(self, config, steps, jit_compile=False)
+            engine.check_params(inits, engine.learner.shapes)
         steps = config.eval_steps if steps is None else int(steps)
         start = time.perf_counter()
         curves: dict[str, dict[str, list[np.ndarray]]] = {s: {"learned": [], "baseline": []} for s in _SPLITS}
         real: dict[str, dict[str, list[float]]] = {s: {"learned": [], "baseline": []} for s in _SPLITS}
         gap = 0.0
         for i, seed in enumerate(seeds):
-            meta_loss = meta_losses[i if len(meta_losses) > 1 else 0] if meta_losses else None
-            init = None if initial_params is None else initial_params[i if len(initial_params) > 1 else 0]
+            meta_loss = None if losses is None else losses[i]
+            init = None if inits is None else inits[i]
             for split in _SPLITS:
                 for method, loss, theta0 in (("learned", meta_loss, init), ("baseline", None, None)):
-                    returns, params = self.meta_test(loss, seed, split, steps, config.inner_lr, theta0)
+                    returns, params = self.meta_test(loss, seed, split, config, steps, theta0)
                     curves[split][method].append(returns.mean(axis=0))
                     if self.options.real_env_check:
                         env_returns = self.real_env_returns(self.eval_goals(seed, split), params)
@@ -587,9 +529,3 @@ class PointMassTask:
             res["real_env_max_abs_gap"] = gap
         res["task_options"] = self.describe_options()
         return res
-
-
-def _architecture_key(meta_loss: keras.Model) -> str:
-    config = {k: v for k, v in meta_loss.get_config().items() if k not in ("name", "trainable")}
-    shapes = [tuple(v.shape) for v in meta_loss.trainable_variables]
-    return json.dumps([type(meta_loss).__qualname__, config, shapes], sort_keys=True, default=str)

@@ -69,7 +69,6 @@ import ml3tf.tasks.rl_env as rl_env
 
 # isort: split
 
-import dataclasses
 import logging
 import math
 import time
@@ -81,14 +80,14 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
-from ml3tf.evaluation import EVAL_SEED_OFFSET
+from ml3tf.engine import architecture_key, engine_for, per_seed, phi_of, stateless_loss
 from ml3tf.functional import FunctionalModel
-from ml3tf.inner import SGD, inner_step
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.models.dynamics import JointDynamicsModel
 from ml3tf.models.mlp import make_mlp
 from ml3tf.results import summarize_task
-from ml3tf.task import TaskBatch
+from ml3tf.seeds import META_TEST_OFFSET, meta_test_seeds, meta_train_seeds
+from ml3tf.task import Task, TaskBatch
 
 log = logging.getLogger("ml3tf")
 
@@ -421,7 +420,7 @@ class ReacherOptions:
             raise ValueError("policy_hidden, meta_loss_hidden and dynamics_hidden need at least one layer")
 
 
-class ReacherTask:
+class ReacherTask(Task):
     """Model-based ML3 on the MuJoCo reacher (module docstring)."""
 
     name = "reacher"
@@ -445,9 +444,6 @@ class ReacherTask:
         self._fitted_seed: int | None = None
         self._last_refit = -1
         self.input_scale = tf.constant(POLICY_INPUT_SCALE, tf.float32)
-
-    def describe_options(self) -> dict:
-        return dataclasses.asdict(self.options)
 
     def default_config(self) -> MetaTrainConfig:
         return MetaTrainConfig(
@@ -648,52 +644,42 @@ class ReacherTask:
         return float(env.gym.episode_end_distance)
 
     # --- meta-test ------------------------------------------------------------------------------
-    def _train_fns(self, meta_loss: keras.Model | None):
-        """Compiled one-step SGD updates ``(θ, goal, φ, lr) ↦ θ'`` on the learned loss / task cost."""
-        cache = self.__dict__.setdefault("_train_fn_cache", {})
-        key = "learned" if meta_loss is not None else "task_cost"
-        if key in cache:
-            return cache[key]
-        functional = FunctionalModel(self.make_learner())
+    def meta_test(
+        self,
+        meta_loss: keras.Model | None,
+        params0: list,
+        targets: np.ndarray,
+        config: MetaTrainConfig,
+        steps: int | None = None,
+    ) -> list[list[np.ndarray]]:
+        """Policies ``params0`` (stacked, one per goal joint state in ``targets``) trained through the
+        dynamics model by the meta-test engine (``config``'s inner optimizer at ``inner_lr``) on the
+        learned loss (``None``: the task cost); returns, per policy, θ_k for k = 0 … steps."""
+        engine = engine_for(self, config, steps, jit_compile=False)
+        learner = engine.learner
         start = tf.constant(np.asarray(self.options.start, np.float32))
-        template = meta_loss
-        non_trainable = (
-            [] if template is None else [tf.convert_to_tensor(v) for v in template.non_trainable_variables]
-        )
 
-        @tf.function(reduce_retracing=True)
-        def step(params, goal, phi, lr):
-            def loss_fn(p, s):
-                states, actions = self.rollout(functional, p, start, goal)
-                if template is None:
-                    return self.cost(states, goal), s
-                out, _ = template.stateless_call(
-                    list(phi), non_trainable, self.loss_features(states, actions, goal)
-                )
-                return tf.reduce_mean(out), s
+        def metric(params, _state, data):
+            states, _ = self.rollout(learner, params, start, data["goal"])
+            return self.cost(states, data["goal"])
 
-            new, _, _, _ = inner_step(loss_fn, list(params), [], SGD(1.0), SGD(1.0).init(params))
-            # SGD(1.0) then scale: θ' = θ − lr ∇ (lr is a tensor, so one trace serves all rates)
-            return [p - lr * (p - n) for p, n in zip(params, new, strict=True)]
+        if meta_loss is None:
+            key = "task_cost"
 
-        @tf.function(reduce_retracing=True)
-        def model_cost(params, goal):
-            states, _ = self.rollout(functional, params, start, goal)
-            return self.cost(states, goal)
+            def loss(params, state, data, _phi):
+                states, _ = self.rollout(learner, params, start, data["goal"])
+                return self.cost(states, data["goal"]), state
+        else:
+            key = ("learned", architecture_key(meta_loss))
+            mean_m = stateless_loss(meta_loss, self.loss_features)
 
-        cache[key] = (functional, step, model_cost)
-        return cache[key]
+            def loss(params, state, data, phi):
+                states, actions = self.rollout(learner, params, start, data["goal"])
+                return mean_m(phi, states, actions, data["goal"]), state
 
-    def _train_curve(self, meta_loss, params0, target, lr, steps) -> list[list[tf.Tensor]]:
-        _, step, _ = self._train_fns(meta_loss)
-        phi = [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
-        params = [tf.convert_to_tensor(p) for p in params0]
-        goal = tf.constant(np.asarray(target, np.float32))
-        out = [params]
-        for _ in range(steps):
-            params = step(params, goal, phi, tf.constant(lr, tf.float32))
-            out.append(params)
-        return out
+        data = {"goal": np.asarray(targets, np.float32)}
+        _, path = engine.run(key, loss, metric, params0, data, phi_of(meta_loss), record_params=True)
+        return [[[p[g, k] for p in path] for k in range(engine.steps + 1)] for g in range(len(targets))]
 
     def evaluate(
         self,
@@ -704,10 +690,7 @@ class ReacherTask:
     ) -> dict:
         """Learned loss vs the task cost (module docstring); results.json schema, metric
         ``final_distance`` (m, real MuJoCo) with the extra method ``baseline_best_lr``."""
-        if not meta_losses or len(meta_losses) not in (1, len(seeds)):
-            raise ValueError(
-                f"got {len(meta_losses)} meta-losses for {len(seeds)} seeds: give one, or one per seed"
-            )
+        losses = per_seed(meta_losses, seeds, "meta-losses")
         steps = config.eval_steps if steps is None else int(steps)
         t0 = time.perf_counter()
         o = self.options
@@ -715,31 +698,33 @@ class ReacherTask:
         methods = ("learned", "baseline", "baseline_best_lr")
         curves: dict[str, dict[str, list]] = {s: {m: [] for m in methods} for s in splits}
         chosen = []
-        for i, seed in enumerate(seeds):
-            meta_loss = meta_losses[i if len(meta_losses) > 1 else 0]
-            self.fit_babbling(EVAL_SEED_OFFSET + seed)
+        policy = FunctionalModel(self.make_learner())
+        for seed, meta_loss in zip(seeds, losses, strict=True):
+            self.fit_babbling(META_TEST_OFFSET + seed)
             self._fitted_seed = None  # meta-training must refit for its own seed
-            functional, _, model_cost = self._train_fns(None)
-            best_lr = self._pick_lr(functional, model_cost, seed, steps)
+            best_lr = self._pick_lr(seed, config, steps)
             chosen.append(best_lr)
             for split, (goals, targets) in splits.items():
-                per_method = {m: [] for m in methods}
-                for g, (goal_xy, target) in enumerate(zip(goals, targets, strict=True)):
-                    # learner_init="fixed" (the authors' protocol): the θ₀ of meta-training
-                    init = [seed, 0] if config.learner_init == "fixed" else [seed, EVAL_SEED_OFFSET + g]
-                    params0 = functional.init_params(init)
-                    arms = {
-                        "learned": (meta_loss, config.inner_lr),
-                        "baseline": (None, config.inner_lr),
-                        "baseline_best_lr": (None, best_lr),
-                    }
-                    for method, (loss, lr) in arms.items():
-                        path = self._train_curve(loss, params0, target, lr, steps)
-                        per_method[method].append(
-                            [self.final_distance(functional.model, p, goal_xy, target) for p in path]
-                        )
-                for m in methods:
-                    curves[split][m].append(np.mean(per_method[m], axis=0))
+                # learner_init="fixed" (the authors' protocol): the θ₀ of meta-training
+                if config.learner_init == "fixed":
+                    init_seeds = np.repeat(meta_train_seeds(seed, 0, 1), len(goals), axis=0)
+                else:
+                    init_seeds = meta_test_seeds(seed, len(goals))
+                params0 = [
+                    tf.stack(p) for p in zip(*[policy.init_params(s) for s in init_seeds], strict=True)
+                ]
+                arms = {
+                    "learned": (meta_loss, config),
+                    "baseline": (None, config),
+                    "baseline_best_lr": (None, config.replace(inner_lr=best_lr)),
+                }
+                for method, (loss, cfg) in arms.items():
+                    paths = self.meta_test(loss, params0, targets, cfg, steps)
+                    per_goal = [
+                        [self.final_distance(policy.model, p, goal_xy, target) for p in path]
+                        for path, goal_xy, target in zip(paths, goals, targets, strict=True)
+                    ]
+                    curves[split][method].append(np.mean(per_goal, axis=0))
         res = summarize_task(
             self, steps=steps, seeds=seeds, curves=curves, config=config.to_dict(), wall_seconds=0.0
         )
@@ -748,15 +733,18 @@ class ReacherTask:
         res["wall_seconds"] = time.perf_counter() - t0
         return res
 
-    def _pick_lr(self, functional: FunctionalModel, model_cost, seed: int, steps: int) -> float:
+    def _pick_lr(self, seed: int, config: MetaTrainConfig, steps: int) -> float:
         """The rate of ``baseline_lrs`` with the lowest model-predicted task cost on the first training
         goal after ``steps`` steps (non-finite costs lose)."""
-        params0 = functional.init_params([seed, EVAL_SEED_OFFSET + 999])
-        target = self.train_targets[0]
+        policy = FunctionalModel(self.make_learner())
+        params0 = [p[None] for p in policy.init_params(meta_test_seeds(seed, 1, first=999)[0])]
+        target = self.train_targets[:1]
         best, best_cost = self.options.baseline_lrs[0], math.inf
+        start = tf.constant(np.asarray(self.options.start, np.float32))
         for lr in self.options.baseline_lrs:
-            final = self._train_curve(None, params0, target, lr, steps)[-1]
-            cost = float(model_cost(final, tf.constant(target, tf.float32)))
+            final = self.meta_test(None, params0, target, config.replace(inner_lr=lr), steps)[0][-1]
+            states, _ = self.rollout(policy, [tf.constant(p) for p in final], start, tf.constant(target[0]))
+            cost = float(self.cost(states, tf.constant(target[0])))
             if math.isfinite(cost) and cost < best_cost:
                 best, best_cost = lr, cost
         return float(best)

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -36,9 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
-from ml3tf.evaluation import make_curve_fn
-from ml3tf.functional import FunctionalModel
-from ml3tf.inner import SGD
+from ml3tf.engine import architecture_key, engine_for, per_seed, phi_of, stateless_loss
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.models.sine_frequency import make_sine_frequency_learner
 from ml3tf.results import summarize_task
@@ -166,9 +163,6 @@ class ShapedSineTask(SupervisedTask):
         rng = np.random.default_rng([seed, _INIT_STREAM])
         return np.concatenate([[o.omega0], rng.uniform(*o.init_range, size=o.n_inits)])
 
-    def describe_options(self) -> dict:
-        return dataclasses.asdict(self.options)
-
     # --- meta-test ----------------------------------------------------------------------
     def landscape(self, meta_loss: keras.Model | None, omegas: np.ndarray) -> np.ndarray:
         """The loss of a learner at each ω on the meta-test points: MSE (``meta_loss=None``)
@@ -185,58 +179,45 @@ class ShapedSineTask(SupervisedTask):
         return tf.reduce_mean(tf.reshape(meta_loss(feats), (-1, n)), axis=1).numpy()
 
     def meta_test(
-        self, meta_loss: keras.Model | None, seed: int, steps: int, learning_rate: float
+        self, meta_loss: keras.Model | None, seed: int, config: MetaTrainConfig, steps: int | None = None
     ) -> dict[str, np.ndarray]:
-        """Fresh learners from ``initial_omegas(seed)`` trained by SGD on the meta-test task
-        with the learned loss (or MSE for ``meta_loss=None``).
+        """Fresh learners from ``initial_omegas(seed)`` trained on the meta-test task with the learned
+        loss (or MSE for ``meta_loss=None``), by the meta-test engine (``config``'s inner optimizer
+        at ``inner_lr``).
 
-        Returns ``{"mse": (T, steps + 1), "omega": (T, steps + 1)}``: the MSE and ω after
-        each step; row 0 starts at ω₀. Uses ``ml3tf.evaluation.make_curve_fn`` (one compiled
-        loop, all learners at once); the metric functions see ω through a functional view
-        whose output carries ``[ŷ, x, ω]``.
+        Returns ``{"mse": (T, steps + 1), "omega": (T, steps + 1)}``: the MSE and ω after each
+        step; row 0 starts at ω₀.
         """
-        key = (None if meta_loss is None else _architecture_key(meta_loss), int(steps), float(learning_rate))
-        cache = self.__dict__.setdefault("_meta_test_cache", {})
-        if key not in cache:
-            cache[key] = self._meta_test_fns(meta_loss, int(steps), float(learning_rate))
-        mse_fn, omega_fn = cache[key]
+        engine = engine_for(self, config, steps, jit_compile=False)
+        learner = engine.learner
+        omega0 = self.options.omega0
+
+        def predict(params, state, data):
+            return learner.apply(params, data["x"], state, training=True)[0]
+
+        def metric(params, state, data):
+            mse = tf.reduce_mean(tf.square(predict(params, state, data) - data["y"]))
+            return tf.stack([mse, tf.cast(omega0, mse.dtype) + tf.reshape(params[0], ())])
+
+        if meta_loss is None:
+            key = "mse"
+
+            def loss(params, state, data, _phi):
+                return tf.reduce_mean(tf.square(predict(params, state, data) - data["y"])), state
+        else:
+            key = ("learned", architecture_key(meta_loss))
+            mean_m = stateless_loss(meta_loss, lambda x, y_pred, y: tf.concat([x, y_pred, y], axis=-1))
+
+            def loss(params, state, data, phi):
+                return mean_m(phi, data["x"], predict(params, state, data), data["y"]), state
+
         x, y = self.test_points()
         omegas = self.initial_omegas(seed)
         t = len(omegas)
-        params0 = [tf.constant((omegas - self.options.omega0).astype(np.float32)[:, None])]
-        xs = tf.constant(np.repeat(x[None], t, axis=0))
-        ys = tf.constant(np.repeat(y[None], t, axis=0))
-        phi = [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
-        return {
-            "mse": mse_fn(params0, xs, ys, [], phi).numpy(),
-            "omega": omega_fn(params0, xs, ys, [], phi).numpy(),
-        }
-
-    def _meta_test_fns(self, meta_loss, steps, learning_rate):
-        functional = _OmegaView(FunctionalModel(self.make_learner()), self.options.omega0)
-        if meta_loss is None:
-
-            def loss_fn(out, y, _phi):
-                return tf.reduce_mean(tf.square(out[:, :1] - y))
-        else:
-            non_trainable = [tf.convert_to_tensor(v) for v in meta_loss.non_trainable_variables]
-
-            def loss_fn(out, y, phi):
-                feats = tf.concat([out[:, 1:2], out[:, :1], y], axis=-1)
-                per_example, _ = meta_loss.stateless_call(list(phi), non_trainable, feats)
-                return tf.reduce_mean(per_example)
-
-        def mse(out, y):
-            return tf.reduce_mean(tf.square(out[:, :1] - y))
-
-        def omega(out, _y):
-            return out[0, 2]
-
-        sgd = SGD(learning_rate)
-        return (
-            make_curve_fn(functional, loss_fn, mse, steps, sgd),
-            make_curve_fn(functional, loss_fn, omega, steps, sgd),
-        )
+        params0 = [tf.constant((omegas - omega0).astype(np.float32)[:, None])]
+        data = {"x": np.repeat(x[None], t, axis=0), "y": np.repeat(y[None], t, axis=0)}
+        curves, _ = engine.run(key, loss, metric, params0, data, phi_of(meta_loss))
+        return {"mse": curves[..., 0], "omega": curves[..., 1]}
 
     def evaluate(
         self,
@@ -248,18 +229,14 @@ class ShapedSineTask(SupervisedTask):
         """results.json schema, split ``test`` (v = ``test_frequency``, start ω₀): MSE vs step of
         the learned loss and of MSE; plus ``success_rate``: the fraction of the
         ``n_inits`` random initial ω ending within ``tolerance`` of v, per method."""
-        if not meta_losses or len(meta_losses) not in (1, len(seeds)):
-            raise ValueError(
-                f"got {len(meta_losses)} meta-losses for {len(seeds)} seeds: give one, or one per seed"
-            )
+        losses = per_seed(meta_losses, seeds, "meta-losses")
         steps = config.eval_steps if steps is None else int(steps)
         start = time.perf_counter()
         curves: dict[str, list[np.ndarray]] = {"learned": [], "baseline": []}
         success: dict[str, list[float]] = {"learned": [], "baseline": []}
-        for i, seed in enumerate(seeds):
-            meta_loss = meta_losses[i if len(meta_losses) > 1 else 0]
+        for seed, meta_loss in zip(seeds, losses, strict=True):
             for method, loss in (("learned", meta_loss), ("baseline", None)):
-                out = self.meta_test(loss, seed, steps, config.inner_lr)
+                out = self.meta_test(loss, seed, config, steps)
                 curves[method].append(out["mse"][0])
                 success[method].append(self.success_rate(out["omega"][1:, -1]))
         res = summarize_task(
@@ -281,24 +258,3 @@ class ShapedSineTask(SupervisedTask):
         """Fraction of learners with |ω − v| ≤ tolerance."""
         o = self.options
         return float(np.mean(np.abs(np.asarray(final_omegas) - o.test_frequency) <= o.tolerance))
-
-
-class _OmegaView:
-    """A learner's functional view whose output is ``[ŷ, x, ω]`` (N, 3), so that loss and metric
-    functions of ``make_curve_fn`` can see the input and the frequency."""
-
-    def __init__(self, functional: FunctionalModel, omega0: float) -> None:
-        self.functional = functional
-        self.omega0 = omega0
-
-    def apply(self, params, x, state=None, training=False):
-        y, state = self.functional.apply(params, x, state, training)
-        omega = tf.cast(self.omega0, y.dtype) + tf.reshape(params[0], ())
-        return tf.concat([y, tf.cast(x, y.dtype), tf.ones_like(y) * omega], axis=-1), state
-
-
-def _architecture_key(meta_loss: keras.Model) -> str:
-    import json
-
-    config = {k: v for k, v in meta_loss.get_config().items() if k not in ("name", "trainable")}
-    return json.dumps([type(meta_loss).__qualname__, config], sort_keys=True, default=str)

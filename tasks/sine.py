@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -209,6 +208,3 @@ class SineTask(SupervisedTask):
         rng = np.random.default_rng([seed, _TEST_STREAM])
         test = self._tasks(rng, o.n_test_tasks, o.test_x_range)
         return {"train": train, "test": test}
-
-    def describe_options(self) -> dict:
-        return dataclasses.asdict(self.options)

@@ -1,5 +1,7 @@
 """Small tasks for tests: a linear learner with an analytic loss, and a smooth MLP task."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -21,17 +23,29 @@ class ScaledSquare(keras.Model):
         return self.phi * tf.square(feats[:, :1] - feats[:, 1:2])
 
 
+@dataclasses.dataclass(frozen=True)
+class ToyOptions:
+    learner: str = "linear"
+    meta_loss: str = "scaled_square"
+    n: int = 16
+    split: bool = False
+    nan_at: int | None = None
+    target: float = 2.0
+
+
 class ToyTask(SupervisedTask):
     """y = 2x − 1 on fixed points; learner and loss network chosen by the test."""
 
     name = "toy"
+    Options = ToyOptions
 
-    def __init__(self, learner="linear", meta_loss="scaled_square", n=16, split=False, nan_at=None):
-        self.learner_kind = learner
-        self.meta_loss_kind = meta_loss
-        self.n = n
-        self.split = split
-        self.nan_at = nan_at
+    def __init__(self, **options):
+        self.options = o = ToyOptions(**options)
+        self.learner_kind = o.learner
+        self.meta_loss_kind = o.meta_loss
+        self.n = o.n
+        self.split = o.split
+        self.nan_at = o.nan_at
 
     def default_config(self):
         return MetaTrainConfig(inner_steps=1, inner_lr=0.05, meta_lr=0.01, meta_steps=5, eval_steps=5)
@@ -75,9 +89,9 @@ class ToyExtraTask(ToyTask):
 
     name = "toy_extra"
 
-    def __init__(self, target=2.0, **kwargs):
-        super().__init__(**kwargs)
-        self.target = target
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.target = self.options.target
 
     def extra_loss(self, learner, params, state, data, extra):
         return tf.add_n([tf.reduce_sum(tf.square(p - tf.cast(self.target, p.dtype))) for p in params])

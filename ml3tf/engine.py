@@ -1,0 +1,260 @@
+"""The meta-test engine: fresh learners trained on a loss, a metric recorded after every step.
+
+Every task's meta-test runs through ``MetaTestEngine``. For a loss ℓ — the learned
+``mean M_φ`` or the task's hand-written baseline — and T learners (tasks, goals, policies …)
+with data ``d_t`` and start ``θ₀_t``, it runs
+
+    θ_{k+1} = opt(θ_k, ∇_θ ℓ(θ_k, d_t; φ))        k = 0 … steps − 1
+
+with **the configured inner optimizer** (``MetaTrainConfig.inner_optimizer`` at ``inner_lr``,
+the optimizer the loss was meta-trained with) and returns the curves
+``c[t, k] = metric(θ_k, d_t)`` for k = 0 … steps (``c[:, 1]``: after one step). All T learners
+train together: one compiled ``tf.while_loop`` over the steps, a ``tf.vectorized_map`` over the
+learners inside it. The update is elementwise, so the inner optimizers apply to the stacked
+parameters unchanged.
+
+A task supplies two closures over one learner:
+
+* ``loss(params, state, data, phi) -> (scalar, new_state)``: what the learner descends;
+  ``phi`` are the loss network's weights as tensors (``[]`` for a baseline), so one trace
+  serves every network of one architecture (``architecture_key``) — and one that keeps
+  training, with ``eval_every``;
+* ``metric(params, state, data) -> tensor``: what the curve records (any fixed shape).
+
+``data`` is a dict of arrays with a leading learner axis; keys in ``per_step`` carry a second,
+step axis (fresh noise for every update, as REINFORCE's rollouts need). The engine also owns
+the meta-test learners' θ₀ (``initial_params``, seeds from ``ml3tf.seeds``), the check of
+"one loss, or one per seed" (``per_seed``) and of a given θ₀'s shapes (``check_params``).
+
+Example:
+    >>> engine = MetaTestEngine.for_config(learner, config)
+    >>> curves, _ = engine.run("mse", loss, metric, params0, data)      # (T, steps + 1)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ml3tf.functional import FunctionalModel
+from ml3tf.inner import InnerOptimizer, make_inner_optimizer
+from ml3tf.seeds import meta_test_seeds
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ml3tf.config import MetaTrainConfig
+
+Params = list[tf.Tensor]
+#: ``(params, state, data, phi) ↦ (scalar loss, new_state)``.
+EngineLoss = Callable[[Params, Params, dict, Sequence[tf.Tensor]], tuple[tf.Tensor, Params]]
+#: ``(params, state, data) ↦ tensor``.
+EngineMetric = Callable[[Params, Params, dict], tf.Tensor]
+
+
+def architecture_key(meta_loss: keras.Model) -> str:
+    """A string equal for loss networks that one compiled curve can evaluate (class, config
+    without the name, weight shapes)."""
+    config = {k: v for k, v in meta_loss.get_config().items() if k not in ("name", "trainable")}
+    shapes = [tuple(v.shape) for v in meta_loss.trainable_variables]
+    return json.dumps([type(meta_loss).__qualname__, config, shapes], sort_keys=True, default=str)
+
+
+def phi_of(meta_loss: keras.Model | None) -> list[tf.Tensor]:
+    """φ of ``meta_loss`` as tensors (``[]`` for ``None``, a baseline)."""
+    return [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
+
+
+def per_seed(given: Sequence[Any] | None, seeds: Sequence[int], what: str) -> list[Any] | None:
+    """``given`` aligned with ``seeds``: one item serves all, or one per seed; ``None`` stays ``None``.
+
+    Raises:
+        ValueError: neither one nor ``len(seeds)`` items.
+    """
+    if given is None:
+        return None
+    given = list(given)
+    if len(given) not in (1, len(seeds)):
+        raise ValueError(f"got {len(given)} {what} for {len(seeds)} seeds: give one, or one per seed")
+    return given * len(seeds) if len(given) == 1 else given
+
+
+def stateless_loss(meta_loss: keras.Model, features: Callable[..., tf.Tensor]) -> Callable:
+    """``(phi, *args) ↦ mean M_φ(features(*args))`` for any network of ``meta_loss``'s architecture."""
+    non_trainable = [tf.convert_to_tensor(v) for v in meta_loss.non_trainable_variables]
+
+    def loss(phi, *args):
+        out, _ = meta_loss.stateless_call(list(phi), non_trainable, features(*args))
+        return tf.reduce_mean(out)
+
+    return loss
+
+
+@dataclass
+class MetaTestEngine:
+    """Trains stacked fresh learners of one architecture; the one meta-test loop of ml3tf.
+
+    Args:
+        learner: the learner's functional view (anything with ``apply(params, x, state,
+            training)`` and ``init_params(seed)`` for ``initial_params``).
+        optimizer: the inner optimizer of the meta-test learners.
+        steps: updates per learner.
+        jit_compile: compile the curves with XLA.
+    """
+
+    learner: Any
+    optimizer: InnerOptimizer
+    steps: int
+    jit_compile: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        self._fns: dict[Any, Callable] = {}
+        self._init_fns: dict[int, Callable] = {}
+
+    @classmethod
+    def for_config(
+        cls,
+        learner: Any,
+        config: MetaTrainConfig,
+        steps: int | None = None,
+        learning_rate: float | None = None,
+        jit_compile: bool | None = None,
+    ) -> MetaTestEngine:
+        """The engine ``config`` asks for: its inner optimizer at ``inner_lr`` (or
+        ``learning_rate``), ``eval_steps`` (or ``steps``), ``eval_jit_compile``."""
+        lr = config.inner_lr if learning_rate is None else float(learning_rate)
+        return cls(
+            learner,
+            make_inner_optimizer(config.inner_optimizer, lr, config.inner_momentum),
+            config.eval_steps if steps is None else int(steps),
+            config.eval_jit_compile if jit_compile is None else bool(jit_compile),
+        )
+
+    # --- θ₀ ------------------------------------------------------------------------------
+    def initial_params(self, seed: int, count: int) -> list[tf.Tensor]:
+        """Stacked θ₀ ``(count, …)`` of meta-test learners ``0 … count − 1`` of ``seed`` (Xavier,
+        zero biases; in the plain graph: XLA's stateless RNG draws other numbers)."""
+        fn = self._init_fns.get(count)
+        if fn is None:
+
+            def init(seeds):
+                inits = [self.learner.init_params(seeds[t]) for t in range(count)]
+                return [tf.stack(p) for p in zip(*inits, strict=True)]
+
+            fn = self._init_fns[count] = tf.function(init)
+        return fn(tf.constant(meta_test_seeds(seed, count)))
+
+    def check_params(self, params: Sequence[Sequence[Any]], shapes: Sequence[Sequence[int]]) -> None:
+        """Raise ``ValueError`` unless every θ₀ in ``params`` has the learner's ``shapes``."""
+        want = [tuple(s) for s in shapes]
+        for p in params:
+            got = [tuple(np.shape(x)) for x in p]
+            if got != want:
+                raise ValueError(f"initial_params shapes {got} do not match the learner's {want}")
+
+    @staticmethod
+    def stack(params: Sequence[Any], count: int) -> list[tf.Tensor]:
+        """One θ₀ repeated for ``count`` learners (stacked)."""
+        return [tf.stack([tf.convert_to_tensor(p)] * count) for p in params]
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(
+        self,
+        key: Any,
+        loss: EngineLoss,
+        metric: EngineMetric,
+        params0: Sequence[tf.Tensor],
+        data: dict[str, Any],
+        phi: Sequence[tf.Tensor] = (),
+        state: Sequence[tf.Tensor] = (),
+        per_step: Sequence[str] = (),
+        record_params: bool = False,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Curves ``(T, steps + 1, …)`` and the parameters: θ_steps stacked ``(T, …)``, or with
+        ``record_params`` every θ_k ``(T, steps + 1, …)``.
+
+        ``key`` names ``(loss, metric)``: the compiled loop is traced once per key (and per
+        argument shapes); the same key must always come with the same closures.
+        """
+        cache_key = (key, tuple(per_step), bool(record_params))
+        fn = self._fns.get(cache_key)
+        if fn is None:
+            fn = self._fns[cache_key] = self._compile(loss, metric, tuple(per_step), bool(record_params))
+        data = {k: tf.convert_to_tensor(v) for k, v in data.items()}
+        state = [tf.convert_to_tensor(s) for s in state]
+        curves, params = fn([tf.convert_to_tensor(p) for p in params0], state, data, list(phi))
+        return curves.numpy(), [p.numpy() for p in params]
+
+    def _compile(self, loss, metric, per_step, record_params):
+        steps, optimizer = self.steps, self.optimizer
+
+        def curves(params, state, data, phi):
+            fixed = {k: v for k, v in data.items() if k not in per_step}
+            varying = {k: v for k, v in data.items() if k in per_step}
+
+            def one(args):
+                p, s, d, d_step = args
+                d = {**d, **d_step}
+                with tf.GradientTape() as tape:
+                    tape.watch(p)
+                    value, s_new = loss(p, s, d, phi)
+                g = tape.gradient(value, p, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return g, list(s_new), tf.cast(metric(p, s, d), tf.float32)
+
+            def last(args):
+                p, s, d = args
+                return tf.cast(metric(p, s, d), tf.float32)
+
+            trace = tf.TensorArray(tf.float32, size=steps + 1)
+            path = [tf.TensorArray(p.dtype, size=steps + 1) for p in params] if record_params else []
+
+            def body(i, p, s, o, tr, path):
+                step_data = {k: v[:, i] for k, v in varying.items()}
+                g, s_new, m = tf.vectorized_map(one, (p, s, fixed, step_data))
+                if record_params:
+                    path = [a.write(i, x) for a, x in zip(path, p, strict=True)]
+                p, o = optimizer.update(g, o, p)
+                return i + 1, p, s_new, o, tr.write(i, m), path
+
+            _, params, state, _, trace, path = tf.while_loop(
+                lambda i, *_: i < steps,
+                body,
+                (tf.constant(0), list(params), list(state), optimizer.init(list(params)), trace, path),
+                maximum_iterations=steps,
+            )
+            last_data = {**fixed, **{k: v[:, -1] for k, v in varying.items()}}
+            trace = trace.write(steps, tf.vectorized_map(last, (params, state, last_data)))
+            out = trace.stack()  # (steps + 1, T, …)
+            out = tf.transpose(out, [1, 0, *range(2, len(out.shape))])
+            if record_params:
+                path = [a.write(steps, x).stack() for a, x in zip(path, params, strict=True)]
+                params = [tf.transpose(x, [1, 0, *range(2, len(x.shape))]) for x in path]
+            return out, params
+
+        return tf.function(curves, jit_compile=self.jit_compile)
+
+
+def functional_learner(task: Any) -> FunctionalModel:
+    """A functional view of a fresh ``task.make_learner()`` (the meta-test learners' architecture)."""
+    return FunctionalModel(task.make_learner())
+
+
+def engine_for(
+    task: Any, config: MetaTrainConfig, steps: int | None = None, jit_compile: bool | None = None
+) -> MetaTestEngine:
+    """The meta-test engine of ``task``'s learner for ``config`` (inner optimizer, ``inner_lr``,
+    ``eval_steps`` or ``steps``, ``eval_jit_compile`` or ``jit_compile``), cached on the task so
+    that repeated evaluations (``eval_every``) reuse its traces."""
+    steps = config.eval_steps if steps is None else int(steps)
+    jit = config.eval_jit_compile if jit_compile is None else bool(jit_compile)
+    key = (config.inner_optimizer, config.inner_lr, config.inner_momentum, steps, jit)
+    cache = task.__dict__.setdefault("_meta_test_engines", {})
+    if key not in cache:
+        cache[key] = MetaTestEngine.for_config(functional_learner(task), config, steps, jit_compile=jit)
+    return cache[key]
