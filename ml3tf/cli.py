@@ -181,8 +181,8 @@ def _progress_callback(meta_steps: int, quiet: bool):
         bar = bars.get(seed)
         if bar is None:
             print(f"seed {seed}", file=sys.stderr)
-            bar = bars[seed] = keras.utils.Progbar(meta_steps, stateful_metrics=["task_loss", "learned_loss"])
-        bar.update(step + 1, [("task_loss", info.task_loss), ("learned_loss", info.learned_loss)])
+            bar = bars[seed] = keras.utils.Progbar(meta_steps, stateful_metrics=["task_loss", "initial_loss"])
+        bar.update(step + 1, [("task_loss", info.task_loss), ("initial_loss", info.initial_loss)])
 
     return on_step
 

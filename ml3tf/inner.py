@@ -150,12 +150,12 @@ def make_inner_optimizer(name: str, learning_rate: float, momentum: float = 0.9)
 @dataclass
 class UnrollResult:
     """What ``unroll`` returns: θ_K, the learner state, the optimizer state, and
-    the inner (learned) loss at θ_0."""
+    the inner loss at θ_0 (``initial_loss``)."""
 
     params: Params
     state: Params
     opt_state: Any
-    first_loss: tf.Tensor
+    initial_loss: tf.Tensor
 
 
 def inner_step(

@@ -47,6 +47,7 @@ from ml3tf.config import MetaTrainConfig
 from ml3tf.distribute import make_strategy
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import inner_step, make_inner_optimizer, unroll
+from ml3tf.seeds import meta_train_seeds, seeded
 from ml3tf.task import Task, TaskBatch
 
 
@@ -57,7 +58,7 @@ class MetaStepInfo(NamedTuple):
         objective: the meta-objective β·L_task + γ·L_extra that φ descends.
         task_loss: L_task after the inner steps, on the query set.
         extra_loss: L_extra after the inner steps (0 when the task has none).
-        learned_loss: the inner loss at θ_0 on the support set: M_φ (``ml3``, ``ml3+maml``),
+        initial_loss: the inner loss at θ_0 on the support set: M_φ (``ml3``, ``ml3+maml``),
             the task's baseline loss (``maml``).
         meta_grad_norm: global norm of the meta-gradient (w.r.t. φ and/or θ_0).
     """
@@ -65,17 +66,40 @@ class MetaStepInfo(NamedTuple):
     objective: Any
     task_loss: Any
     extra_loss: Any
-    learned_loss: Any
+    initial_loss: Any
     meta_grad_norm: Any
 
 
+class NonFiniteError(ValueError):
+    """A meta-step produced NaN/Inf; φ was left as it was before that step."""
+
+    @classmethod
+    def at(cls, step: int, info: MetaStepInfo) -> NonFiniteError:
+        return cls(
+            f"meta-step {step}: non-finite meta-objective or meta-gradient (objective="
+            f"{float(info.objective)!r}, meta_grad_norm={float(info.meta_grad_norm)!r}); "
+            "φ was not updated by it"
+        )
+
+
+def finite(info: MetaStepInfo) -> tf.Tensor:
+    """Whether a (sub-)update may be applied: a finite objective and a finite meta-gradient."""
+    return tf.math.is_finite(info.objective) & tf.math.is_finite(info.meta_grad_norm)
+
+
+# --- the one step ------------------------------------------------------------------------------
 class MetaTrainer:
     """Meta-trains a loss network (and/or, with ``config.method``, an initialisation) for a task.
 
-    ``meta_gradient`` and ``meta_step`` run eagerly (debuggable); ``step`` is the
-    same computation compiled with ``tf.function`` (``config.jit_compile`` adds
-    XLA) and traced once per trainer; ``run_steps`` runs many meta-steps in one
-    compiled call.
+    Read top to bottom: the configuration and variables (``__init__``), the mathematics of one
+    meta-step (``objective``, ``meta_gradient``), the update rule that turns it into a change of
+    φ (``UnrolledUpdate`` or ``OnlineUpdate``, each with the one finite guard ``apply_if``), and
+    the wrappers that execute that rule: ``meta_step`` (eager, debuggable), ``step`` (compiled
+    with ``tf.function``, XLA with ``config.jit_compile``), ``run_steps`` (many meta-steps in one
+    compiled call) — each also under a ``tf.distribute`` strategy.
+
+    Constructing a trainer does not touch the global random state: φ's initial weights are
+    drawn as after ``keras.utils.set_random_seed(config.seed)`` inside ``ml3tf.seeds.seeded``.
 
     Args:
         task: a ``Task`` (e.g. ``tasks.get("sine")``).
@@ -102,6 +126,8 @@ class MetaTrainer:
     ):
         if not isinstance(config, MetaTrainConfig):
             raise ValueError(f"config must be a MetaTrainConfig, got {type(config).__name__}")
+        if not isinstance(task, Task):
+            raise ValueError(f"task must be an ml3tf.task.Task, got {type(task).__name__}")
         self.task = task
         self.config = config
         self.strategy = strategy if strategy is not None else make_strategy(config.strategy)
@@ -114,8 +140,7 @@ class MetaTrainer:
         self.distributed = self.replicas > 1 or isinstance(self.strategy, tf.distribute.TPUStrategy)
         if self.distributed and config.meta_update == "online":
             raise ValueError(f"meta_update='online' runs on one device; got strategy={config.strategy!r}")
-        with self.strategy.scope():  # φ and the optimizer's slots are mirrored under a strategy
-            keras.utils.set_random_seed(config.seed)
+        with self.strategy.scope(), seeded(config.seed):  # φ and its slots are mirrored under a strategy
             self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
             self.learner = task.make_learner()
             self.functional = FunctionalModel(self.learner)
@@ -132,11 +157,11 @@ class MetaTrainer:
         self.inner_optimizer = make_inner_optimizer(
             config.inner_optimizer, config.inner_lr, config.inner_momentum
         )
+        rule = OnlineUpdate if config.meta_update == "online" else UnrolledUpdate
+        self.update = rule(self)
+        self._compiled = tf.function(self._local_step)
+        self._compiled_many = tf.function(self._local_steps, reduce_retracing=True)
         self._distributed_fn = tf.function(self._distributed_step)
-        self._gradient_fn = tf.function(self._gradient, jit_compile=config.jit_compile)
-        self._compiled = tf.function(self._graph_step)
-        self._compiled_many = tf.function(self._graph_steps, reduce_retracing=True)
-        self._online_gradient_fn = tf.function(self._online_gradient, jit_compile=config.jit_compile)
 
     def reset(self, seed: int) -> None:
         """Start over with ``seed``: fresh φ (as a new trainer would draw it) and fresh
@@ -146,11 +171,11 @@ class MetaTrainer:
         never replaced; the optimizer's learning rate is left alone.
         """
         self.config = self.config.replace(seed=seed)
-        keras.utils.set_random_seed(seed)
-        fresh = self.task.make_meta_loss()
+        with seeded(seed):
+            fresh = self.task.make_meta_loss()
+            fresh_learner = self.task.make_learner()  # same draw order as __init__
         for v, w in zip(self.meta_loss.weights, fresh.weights, strict=True):
             v.assign(w)
-        fresh_learner = self.task.make_learner()  # same draw order as __init__
         if self.config.learns_init:
             for v, w in zip(self.learner.weights, fresh_learner.weights, strict=True):
                 v.assign(w)
@@ -159,7 +184,7 @@ class MetaTrainer:
                 if v is not getattr(opt, "_learning_rate", None) and not v.path.endswith("learning_rate"):
                     v.assign(tf.zeros_like(v))
 
-    # --- the math ------------------------------------------------------------------
+    # --- the mathematics of one meta-step -------------------------------------------------------
     @property
     def meta_variables(self) -> list:
         """What the outer loop updates: φ (``ml3``), θ_0 (``maml``) or φ then θ_0 (``ml3+maml``)."""
@@ -175,13 +200,7 @@ class MetaTrainer:
         (``task.baseline_inner_loss``, e.g. MSE).
         """
         if not self.config.learns_loss:
-            baseline = getattr(self.task, "baseline_inner_loss", None)
-            if baseline is None:
-                raise ValueError(
-                    f"method='maml' needs a task with baseline_inner_loss; "
-                    f"{getattr(self.task, 'name', self.task)!r} has none"
-                )
-            return lambda params, state: baseline(self.functional, params, state, data)
+            return lambda params, state: self.task.baseline_inner_loss(self.functional, params, state, data)
 
         def loss_fn(params, state):
             feats, new_state = self.task.meta_loss_inputs(self.functional, params, state, data)
@@ -211,23 +230,27 @@ class MetaTrainer:
         """θ_0 of each task in the meta-batch from its stateless seed (``init_seeds``: ``(B, 2)``)."""
         return [self.functional.init_params(init_seeds[b]) for b in range(len(init_seeds))]
 
-    def task_objective(self, one: TaskBatch, params0: list) -> tuple[tf.Tensor, ...]:
-        """One task: ``(β·L_task + γ·L_extra, L_task, L_extra, M_φ at θ_0)`` after adapting θ_0."""
+    def query_objective(
+        self, params, state, query: dict, extra: dict
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``(β·L_task + γ·L_extra, L_task, L_extra)`` of the adapted learner θ = ``params``."""
         cfg = self.config
-        res = self.adapt(params0, one.support)
-        lt = self.task.task_loss(self.functional, res.params, res.state, one.query)
-        total = cfg.task_loss_weight * lt
+        lt = self.task.task_loss(self.functional, params, state, query)
         le = tf.zeros_like(lt)
         if cfg.extra_loss_weight:
-            extra = self.task.extra_loss(self.functional, res.params, res.state, one.query, one.extra)
-            if extra is None:
+            extra_loss = self.task.extra_loss(self.functional, params, state, query, extra)
+            if extra_loss is None:
                 raise ValueError(
-                    f"extra_loss_weight={cfg.extra_loss_weight} but task "
-                    f"{getattr(self.task, 'name', self.task)!r} has no extra_loss"
+                    f"extra_loss_weight={cfg.extra_loss_weight} but task {self.task.name!r} has no extra_loss"
                 )
-            le = tf.cast(extra, lt.dtype)
-            total = total + cfg.extra_loss_weight * le
-        return total, lt, le, tf.cast(res.first_loss, lt.dtype)
+            le = tf.cast(extra_loss, lt.dtype)
+        return cfg.task_loss_weight * lt + cfg.extra_loss_weight * le, lt, le
+
+    def task_objective(self, one: TaskBatch, params0: list) -> tuple[tf.Tensor, ...]:
+        """One task: ``(β·L_task + γ·L_extra, L_task, L_extra, inner loss at θ_0)`` after adapting θ_0."""
+        res = self.adapt(params0, one.support)
+        total, lt, le = self.query_objective(res.params, res.state, one.query, one.extra)
+        return total, lt, le, tf.cast(res.initial_loss, lt.dtype)
 
     def objective(self, batch: TaskBatch, init_seeds: Any) -> tuple[tf.Tensor, dict]:
         """Meta-objective averaged over the meta-batch; differentiable w.r.t. φ.
@@ -262,104 +285,95 @@ class MetaTrainer:
         else:
             per_task = [self.task_objective(batch.task(i), params0s[i]) for i in range(b)]
             total, lt, le, first = (tf.add_n(list(p)) / b for p in zip(*per_task, strict=True))
-        return total, {"task_loss": lt, "extra_loss": le, "learned_loss": first}
+        return total, {"task_loss": lt, "extra_loss": le, "initial_loss": first}
 
     def meta_gradient(self, batch: TaskBatch, init_seeds: Any) -> tuple[list, MetaStepInfo]:
         """Gradient of the meta-objective w.r.t. ``meta_variables`` (eager unless called in a graph)."""
         variables = self.meta_variables
         with tf.GradientTape() as tape:
             total, parts = self.objective(batch, init_seeds)
-        grads = meta_gradients(tape, total, variables)
+        grads = self.meta_gradients(tape, total, variables)
         info = MetaStepInfo(
             objective=total,
             task_loss=parts["task_loss"],
             extra_loss=parts["extra_loss"],
-            learned_loss=parts["learned_loss"],
+            initial_loss=parts["initial_loss"],
             meta_grad_norm=tf.linalg.global_norm(grads),
         )
         return grads, info
 
-    def _gradient(self, support, query, extra, params0s):
-        return self.meta_gradient(TaskBatch(support, query, extra), params0s)
+    def meta_gradients(self, tape: tf.GradientTape, total: tf.Tensor, variables: list) -> list[tf.Tensor]:
+        """``tape.gradient(total, variables)``, zeros for single variables ``total`` does not reach.
 
-    def _apply(self, grads: list, info: MetaStepInfo) -> tf.Tensor:
-        """Apply ``grads`` to φ if the step is finite; returns that predicate.
+        A loss network whose output layer is linear has such a variable (its output bias:
+        ∇_θ M_φ ignores it). Done here rather than with ``UnconnectedGradients.ZERO``:
+        TensorFlow builds those zeros from ``variable.dtype``, which for a Keras 3 variable is
+        a string, and fails.
 
-        A non-finite step must not touch φ (nor the optimizer's moments): the caller
-        raises, and φ and the last checkpoint stay as they were. Only the gradient
-        is XLA-compiled (``jit_compile``); this update runs in the plain graph.
+        Raises:
+            ValueError: no variable of the loss network (or of θ_0) is reached at all: φ
+                would never move. The usual cause is loss features cut from θ.
         """
-        finite = tf.math.is_finite(info.objective) & tf.math.is_finite(info.meta_grad_norm)
+        grads = tape.gradient(total, variables)
+        n_phi = len(self.meta_loss.trainable_variables) if self.config.learns_loss else 0
+        for name, part in (("loss network φ", grads[:n_phi]), ("initialisation θ_0", grads[n_phi:])):
+            if part and all(g is None for g in part):
+                raise ValueError(
+                    f"task {self.task.name!r}: the meta-objective does not depend on any weight of the "
+                    f"{name} (all {len(part)} gradients are None), so meta-training could never move it. "
+                    "Likely cause: the loss features do not depend on the learner's params (a "
+                    "tf.stop_gradient on the prediction, or features computed from data only)"
+                )
+        return [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(grads, variables, strict=True)]
+
+    # --- the update rule, and the one finite guard ---------------------------------------------
+    def apply_if(self, ok: tf.Tensor, grads: list) -> None:
+        """The one finite guard: apply ``grads`` (φ's part to the φ optimizer, θ_0's part to the
+        θ_0 optimizer) only where ``ok``; otherwise φ and the optimizers' moments stay untouched."""
 
         def apply() -> tf.Tensor:
-            self._apply_gradients(grads)
+            n_phi = len(self.meta_loss.trainable_variables) if self.config.learns_loss else 0
+            if n_phi:
+                self.optimizer.apply_gradients(
+                    zip(grads[:n_phi], self.meta_loss.trainable_variables, strict=True)
+                )
+            if self.init_optimizer is not None:
+                self.init_optimizer.apply_gradients(
+                    zip(grads[n_phi:], self.learner.trainable_variables, strict=True)
+                )
             return tf.constant(True)
 
-        tf.cond(finite, apply, lambda: tf.constant(False))
-        return finite
+        tf.cond(ok, apply, lambda: tf.constant(False))
 
-    def _apply_gradients(self, grads: list) -> None:
-        """φ's part of ``grads`` to the φ optimizer, θ_0's part to the θ_0 optimizer."""
-        n_phi = len(self.meta_loss.trainable_variables) if self.config.learns_loss else 0
-        if n_phi:
-            self.optimizer.apply_gradients(
-                zip(grads[:n_phi], self.meta_loss.trainable_variables, strict=True)
-            )
-        if self.init_optimizer is not None:
-            self.init_optimizer.apply_gradients(
-                zip(grads[n_phi:], self.learner.trainable_variables, strict=True)
-            )
+    # --- wrappers: eager, compiled, chunked, distributed ---------------------------------------
+    def init_seeds(self, step: int, batch_size: int | None = None) -> np.ndarray:
+        """Stateless seeds ``(B, 2)`` (int64, ``ml3tf.seeds``) of the learners' θ_0 at ``step``;
+        with ``learner_init="fixed"`` the seeds of step 0, whatever ``step``."""
+        b = self.config.meta_batch_size if batch_size is None else batch_size
+        return meta_train_seeds(self.config.seed, step, b, fixed=self.config.learner_init == "fixed")
 
-    def _eager_step(self, support, query, extra, seeds):
-        if self.config.meta_update == "online":
-            return self._online_step(support, query, extra, self.initial_params(seeds), self._online_gradient)
-        grads, info = self._gradient(support, query, extra, self.initial_params(seeds))
-        return info, self._apply(grads, info)
+    def _local_step(self, support, query, extra, seeds, enabled=True, eager=False):
+        # θ_0 is drawn here, in the plain graph, and enters the (possibly XLA-) compiled
+        # gradient as an input: XLA's stateless RNG gives other numbers than the CPU kernels,
+        # and eager, tf.function and XLA steps must train the same learners.
+        return self.update(support, query, extra, self.initial_params(seeds), enabled, eager)
 
-    def _graph_step(self, support, query, extra, seeds):
-        # θ_0 is drawn here, in the plain graph, and enters the (possibly XLA-)
-        # compiled gradient as an input: XLA's stateless RNG gives other numbers
-        # than the CPU kernels, and eager, tf.function and XLA steps must train
-        # the same learners.
-        params0s = self.initial_params(seeds)
-        if self.config.meta_update == "online":
-            return self._online_step(support, query, extra, params0s, self._online_gradient_fn)
-        grads, info = self._gradient_fn(support, query, extra, params0s)
-        return info, self._apply(grads, info)
-
-    def _graph_steps(self, support, query, extra, seeds):
+    def _local_steps(self, support, query, extra, seeds):
         """``len(seeds)`` meta-steps in one call (arrays carry a leading step axis).
 
-        After a non-finite step no further update is applied (the remaining steps
-        are computed but leave φ alone); ``ok[i]`` says whether step i was applied.
+        After a non-finite step no further update is applied (the remaining steps are
+        computed but leave φ alone); ``ok[i]`` says whether step i was applied.
         """
         n = tf.shape(seeds)[0]
-        batch_size = seeds.shape[1]
-        fields = MetaStepInfo._fields
-        traces = tuple(tf.TensorArray(tf.float64, size=n) for _ in fields)
+        traces = tuple(tf.TensorArray(tf.float64, size=n) for _ in MetaStepInfo._fields)
         oks = tf.TensorArray(tf.bool, size=n)
 
         def body(i, ok, traces, oks):
             def pick(d):
                 return {k: v[i] for k, v in d.items()}
 
-            params0s = [self.functional.init_params(seeds[i, b]) for b in range(batch_size)]
-            if self.config.meta_update == "online":
-                info, finite = self._online_step(
-                    pick(support), pick(query), pick(extra), params0s, self._online_gradient_fn, ok
-                )
-                ok = ok & finite
-                traces = tuple(t.write(i, tf.cast(v, tf.float64)) for t, v in zip(traces, info, strict=True))
-                return i + 1, ok, traces, oks.write(i, ok)
-            grads, info = self._gradient_fn(pick(support), pick(query), pick(extra), params0s)
-            finite = tf.math.is_finite(info.objective) & tf.math.is_finite(info.meta_grad_norm)
-            ok = ok & finite
-
-            def apply() -> tf.Tensor:
-                self._apply_gradients(grads)
-                return tf.constant(True)
-
-            tf.cond(ok, apply, lambda: tf.constant(False))
+            info, step_ok = self._local_step(pick(support), pick(query), pick(extra), seeds[i], ok)
+            ok = ok & step_ok
             traces = tuple(t.write(i, tf.cast(v, tf.float64)) for t, v in zip(traces, info, strict=True))
             return i + 1, ok, traces, oks.write(i, ok)
 
@@ -369,21 +383,22 @@ class MetaTrainer:
         return MetaStepInfo(*(t.stack() for t in traces)), oks.stack()
 
     def _distributed_step(self, values):
-        """One meta-step under ``self.strategy``: each replica takes B/R tasks; the
-        per-replica meta-gradients (means over their tasks) are averaged, then one
-        update is applied to the mirrored φ in cross-replica context."""
+        """One meta-step under ``self.strategy``: each replica takes B/R tasks; the per-replica
+        meta-gradients (means over their tasks) are averaged, then one update is applied to the
+        mirrored φ in cross-replica context."""
 
         def replica(args):
             support, query, extra, seeds = args
-            params0s = [self.functional.init_params(seeds[i]) for i in range(seeds.shape[0])]
-            return self._gradient_fn(support, query, extra, params0s)
+            return self.update.gradient(support, query, extra, self.initial_params(seeds))
 
-        grads, info = self.strategy.run(replica, args=(values,))
-        mean = tf.distribute.ReduceOp.MEAN
-        grads = [self.strategy.reduce(mean, g, axis=None) for g in grads]
-        info = MetaStepInfo(*(self.strategy.reduce(mean, v, axis=None) for v in info))
-        info = info._replace(meta_grad_norm=tf.linalg.global_norm(grads))
-        return info, self._apply(grads, info)
+        def reduced():
+            grads, info = self.strategy.run(replica, args=(values,))
+            mean = tf.distribute.ReduceOp.MEAN
+            grads = [self.strategy.reduce(mean, g, axis=None) for g in grads]
+            info = MetaStepInfo(*(self.strategy.reduce(mean, v, axis=None) for v in info))
+            return grads, info._replace(meta_grad_norm=tf.linalg.global_norm(grads))
+
+        return self.update.guarded(*reduced())
 
     def _distribute(self, batch: TaskBatch, seeds: np.ndarray):
         """Split the meta-batch (and the θ_0 seeds) into one shard per replica."""
@@ -399,111 +414,11 @@ class MetaTrainer:
 
         return self.strategy.experimental_distribute_values_from_function(value_fn)
 
-    # --- online, one-step-truncated meta-updates (meta_update="online") --------------
-    def _online_gradient(self, params, state, opt_state, support, query, extra):
-        """One truncated sub-update's gradient: θ_k (and the inner optimizer's state) held
-        constant, θ_{k+1} = opt(θ_k, ∇_θ M_φ(θ_k)) on the support set, and
-        ``∇_φ [β L_task(θ_{k+1}) + γ L_extra(θ_{k+1})]`` on the query set.
-
-        Returns ``(grads, θ_{k+1}, state, opt_state, (objective, task_loss, extra_loss,
-        learned_loss at θ_k, ‖grads‖))`` with θ_{k+1} detached.
-        """
-        cfg = self.config
-        stop = tf.stop_gradient
-        params, state = [stop(p) for p in params], [stop(s) for s in state]
-        opt_state = tf.nest.map_structure(stop, opt_state)
-        variables = self.meta_loss.trainable_variables
-        with tf.GradientTape() as tape:
-            params, state, opt_state, learned = inner_step(
-                self.inner_loss_fn(support), params, state, self.inner_optimizer, opt_state
-            )
-            lt = self.task.task_loss(self.functional, params, state, query)
-            total, le = cfg.task_loss_weight * lt, tf.zeros_like(lt)
-            if cfg.extra_loss_weight:
-                le = self.task.extra_loss(self.functional, params, state, query, extra)
-                if le is None:
-                    raise ValueError(
-                        f"extra_loss_weight={cfg.extra_loss_weight} but task "
-                        f"{getattr(self.task, 'name', self.task)!r} has no extra_loss"
-                    )
-                total = total + cfg.extra_loss_weight * le
-        grads = meta_gradients(tape, total, variables)
-        stats = (total, lt, le, learned, tf.linalg.global_norm(grads))
-        params = [stop(p) for p in params]
-        opt_state = tf.nest.map_structure(stop, opt_state)
-        return grads, params, [stop(s) for s in state], opt_state, stats
-
-    def _online_step(self, support, query, extra, params0s, gradient_fn, enabled=True):
-        """One meta-step of ``meta_update="online"``: tasks in turn, K updates of φ each.
-
-        Returns ``(MetaStepInfo, finite)``. The info averages over the meta-batch:
-        objective, task_loss and extra_loss at θ_K (the last sub-update of each task),
-        learned_loss at θ_0, meta_grad_norm the mean over the B·K sub-updates. A
-        non-finite sub-update stops the updates, and φ and the outer optimizer are put
-        back to where they were before this meta-step; nothing is applied unless
-        ``enabled``.
-        """
-        variables = self.meta_loss.trainable_variables
-        saved = [tf.identity(v.value) for v in [*variables, *self.optimizer.variables]]
-        enabled = tf.convert_to_tensor(enabled)
-        k_steps = self.config.inner_steps
-
-        def sub_update(params, state, opt_state, ok, data):
-            grads, params, state, opt_state, stats = gradient_fn(params, state, opt_state, *data)
-            ok = ok & tf.math.is_finite(stats[0]) & tf.math.is_finite(stats[4])
-
-            def apply() -> tf.Tensor:
-                self.optimizer.apply_gradients(zip(grads, variables, strict=True))
-                return tf.constant(True)
-
-            tf.cond(enabled & ok, apply, lambda: tf.constant(False))
-            return params, state, opt_state, ok, stats
-
-        ok = tf.constant(True)
-        per_task = []
-        for b, params in enumerate(params0s):
-            data = ({k: v[b] for k, v in support.items()}, {k: v[b] for k, v in query.items()})
-            data = (*data, {k: v[b] for k, v in extra.items()})
-            state = self.functional.state()
-            opt_state = self.inner_optimizer.init(params)
-            params, state, opt_state, ok, stats = sub_update(params, state, opt_state, ok, data)
-            first_learned, norm_sum = stats[3], stats[4]
-            if self.config.unroll_loop == "python" or (self.config.unroll_loop == "auto" and k_steps <= 10):
-                for _ in range(k_steps - 1):
-                    params, state, opt_state, ok, stats = sub_update(params, state, opt_state, ok, data)
-                    norm_sum = norm_sum + stats[4]
-            elif k_steps > 1:
-
-                def body(i, p, s, o, ok, stats, norm_sum, data=data):
-                    p, s, o, ok, stats = sub_update(p, s, o, ok, data)
-                    return i + 1, p, s, o, ok, stats, norm_sum + stats[4]
-
-                loop = (tf.constant(1), params, state, opt_state, ok, stats, norm_sum)
-                _, params, state, opt_state, ok, stats, norm_sum = tf.while_loop(
-                    lambda i, *_: i < k_steps, body, loop, maximum_iterations=k_steps - 1
-                )
-            per_task.append((stats[0], stats[1], stats[2], first_learned, norm_sum / k_steps))
-
-        def restore() -> tf.Tensor:
-            for v, value in zip([*variables, *self.optimizer.variables], saved, strict=True):
-                v.assign(value)
-            return tf.constant(True)
-
-        tf.cond(enabled & tf.logical_not(ok), restore, lambda: tf.constant(False))
-        means = [tf.add_n(list(col)) / len(per_task) for col in zip(*per_task, strict=True)]
-        return MetaStepInfo(*means), ok
-
-    # --- the steps -----------------------------------------------------------------
-    def init_seeds(self, step: int, batch_size: int | None = None) -> np.ndarray:
-        """Stateless seeds ``(B, 2)`` of the learners' θ_0 at ``step`` (resumable); with
-        ``learner_init="fixed"`` the seeds of step 0, whatever ``step``."""
-        b = self.config.meta_batch_size if batch_size is None else batch_size
-        base = 0 if self.config.learner_init == "fixed" else (step * b) % (2**31 - 1)
-        return np.array([[self.config.seed, base + i] for i in range(b)], dtype=np.int32)
-
     def meta_step(self, batch: TaskBatch, step: int) -> MetaStepInfo:
         """One eager outer update of φ."""
-        return self._run(self._distributed_step if self.distributed else self._eager_step, batch, step)
+        if self.distributed:
+            return self._run(self._distributed_step, batch, step)
+        return self._run(lambda *args: self._local_step(*args, eager=True), batch, step)
 
     def step(self, batch: TaskBatch, step: int) -> MetaStepInfo:
         """One compiled outer update of φ (``tf.function``, XLA if configured)."""
@@ -513,12 +428,8 @@ class MetaTrainer:
         """Meta-steps ``first_step … first_step + count − 1`` in one compiled call.
 
         The task's batches for those steps are sampled here and stacked; the loop over
-        them runs inside the graph (one Python round trip instead of ``count``).
-
-        If the task has a method ``before_meta_steps(trainer, first_step, count)`` it is
-        called first, outside the compiled graph: a task may change what its compiled
-        functions read between calls (e.g. refit a learned dynamics model whose variables
-        the rollouts use) — variables only, never anything that would need a new trace.
+        them runs inside the graph (one Python round trip instead of ``count``). The task's
+        ``before_meta_steps(trainer, first_step, count)`` runs first, outside the graph.
 
         Raises:
             NonFiniteError: naming the first non-finite step; φ holds the updates of
@@ -526,16 +437,11 @@ class MetaTrainer:
         """
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
-        hook = getattr(self.task, "before_meta_steps", None)
-        if hook is not None:
-            hook(self, first_step, count)
+        self.task.before_meta_steps(self, first_step, count)
         steps = range(first_step, first_step + count)
-        if self.distributed:  # one call per step: each step's shards are placed per replica
-            return [
-                self.step(self.task.sample(self.config.seed, s, self.config.meta_batch_size), s)
-                for s in steps
-            ]
         batches = [self.task.sample(self.config.seed, s, self.config.meta_batch_size) for s in steps]
+        if self.distributed:  # one call per step: each step's shards are placed per replica
+            return [self.step(b, s) for b, s in zip(batches, steps, strict=True)]
 
         def stack(part: str) -> dict:
             first = getattr(batches[0], part)
@@ -547,42 +453,133 @@ class MetaTrainer:
         oks = oks.numpy()
         if not oks.all():
             bad = int(np.argmin(oks))
-            info = MetaStepInfo(*values[bad])
-            raise NonFiniteError(
-                f"meta-step {first_step + bad}: non-finite meta-objective or meta-gradient "
-                f"(objective={info.objective!r}, meta_grad_norm={info.meta_grad_norm!r}); "
-                "φ was not updated by it"
-            )
+            raise NonFiniteError.at(first_step + bad, MetaStepInfo(*values[bad]))
         return [MetaStepInfo(*(float(x) for x in row)) for row in values]
 
     def _run(self, fn, batch: TaskBatch, step: int) -> MetaStepInfo:
         seeds = self.init_seeds(step, batch.batch_size)
         if self.distributed:
-            info, finite = fn(self._distribute(batch, seeds))
+            info, ok = fn(self._distribute(batch, seeds))
         else:
-            info, finite = fn(_tensors(batch.support), _tensors(batch.query), _tensors(batch.extra), seeds)
-        if not bool(finite):
-            raise NonFiniteError(
-                f"meta-step {step}: non-finite meta-objective or meta-gradient "
-                f"(objective={float(info.objective)!r}, meta_grad_norm="
-                f"{float(info.meta_grad_norm)!r}); φ was not updated"
-            )
+            info, ok = fn(_tensors(batch.support), _tensors(batch.query), _tensors(batch.extra), seeds)
+        if not bool(ok):
+            raise NonFiniteError.at(step, info)
         return MetaStepInfo(*(float(v) for v in info))
 
 
-def meta_gradients(tape: tf.GradientTape, total: tf.Tensor, variables: list) -> list[tf.Tensor]:
-    """``tape.gradient(total, variables)`` with zeros for variables ``total`` does not reach.
+# --- the two update rules ----------------------------------------------------------------------
+class UnrolledUpdate:
+    """``meta_update="unrolled"``: one update per meta-step, differentiated through all K inner
+    steps, ``φ ← φ − η ∇_φ mean_b L_b(θ_K(φ))`` (exact)."""
 
-    Done here rather than with ``UnconnectedGradients.ZERO``: TensorFlow builds those zeros
-    from ``variable.dtype``, which for a Keras 3 variable is a string, and fails. An output
-    bias of a loss network with a linear output is such a variable (∇_θ M_φ ignores it).
+    def __init__(self, trainer: MetaTrainer) -> None:
+        self.trainer = trainer
+        self.gradient = tf.function(self._gradient, jit_compile=trainer.config.jit_compile)
+
+    def _gradient(self, support, query, extra, params0s):
+        return self.trainer.meta_gradient(TaskBatch(support, query, extra), params0s)
+
+    def guarded(self, grads: list, info: MetaStepInfo, enabled: Any = True) -> tuple[MetaStepInfo, tf.Tensor]:
+        """Apply ``grads`` if the step is finite (and ``enabled``); returns ``(info, finite)``."""
+        ok = finite(info)
+        self.trainer.apply_if(tf.convert_to_tensor(enabled) & ok, grads)
+        return info, ok
+
+    def __call__(self, support, query, extra, params0s, enabled=True, eager=False):
+        """``(info, finite)`` of one meta-step; φ updated when finite and ``enabled``."""
+        gradient = self._gradient if eager else self.gradient
+        return self.guarded(*gradient(support, query, extra, params0s), enabled)
+
+
+class OnlineUpdate:
+    """``meta_update="online"``: for each task in turn, θ_0 fresh, a φ update after every inner
+    step, differentiated through that one step only (θ_k held constant):
+
+        θ_{k+1} = opt(θ_k, ∇_θ M_φ(θ_k));    φ ← φ − η ∇_φ [β L_task(θ_{k+1}) + γ L_extra(θ_{k+1})]
+
+    B·K updates of φ per meta-step; memory independent of K. A non-finite sub-update stops
+    the updates and puts φ and the outer optimizer back to where they were before the meta-step.
     """
-    grads = tape.gradient(total, variables)
-    return [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(grads, variables, strict=True)]
 
+    def __init__(self, trainer: MetaTrainer) -> None:
+        self.trainer = trainer
+        self.gradient = tf.function(self._gradient, jit_compile=trainer.config.jit_compile)
 
-class NonFiniteError(ValueError):
-    """A meta-step produced NaN/Inf; φ was left as it was before that step."""
+    def _gradient(self, params, state, opt_state, support, query, extra):
+        """One truncated sub-update's gradient: θ_k (and the inner optimizer's state) held
+        constant, θ_{k+1} = opt(θ_k, ∇_θ M_φ(θ_k)) on the support set, and
+        ``∇_φ [β L_task(θ_{k+1}) + γ L_extra(θ_{k+1})]`` on the query set.
+
+        Returns ``(grads, θ_{k+1}, state, opt_state, MetaStepInfo)`` with θ_{k+1} detached; the
+        info's ``initial_loss`` is the inner loss at θ_k.
+        """
+        t = self.trainer
+        stop = tf.stop_gradient
+        params, state = [stop(p) for p in params], [stop(s) for s in state]
+        opt_state = tf.nest.map_structure(stop, opt_state)
+        variables = t.meta_loss.trainable_variables
+        with tf.GradientTape() as tape:
+            params, state, opt_state, inner = inner_step(
+                t.inner_loss_fn(support), params, state, t.inner_optimizer, opt_state
+            )
+            total, lt, le = t.query_objective(params, state, query, extra)
+        grads = t.meta_gradients(tape, total, variables)
+        info = MetaStepInfo(total, lt, le, inner, tf.linalg.global_norm(grads))
+        params = [stop(p) for p in params]
+        opt_state = tf.nest.map_structure(stop, opt_state)
+        return grads, params, [stop(s) for s in state], opt_state, info
+
+    def __call__(self, support, query, extra, params0s, enabled=True, eager=False):
+        """``(info, finite)`` of one meta-step. The info averages over the meta-batch: objective,
+        task_loss and extra_loss at θ_K (the last sub-update of each task), initial_loss at θ_0,
+        meta_grad_norm the mean over the B·K sub-updates."""
+        t = self.trainer
+        gradient_fn = self._gradient if eager else self.gradient
+        variables = t.meta_loss.trainable_variables
+        saved = [tf.identity(v.value) for v in [*variables, *t.optimizer.variables]]
+        enabled = tf.convert_to_tensor(enabled)
+        k_steps = t.config.inner_steps
+
+        def sub_update(params, state, opt_state, ok, data):
+            grads, params, state, opt_state, info = gradient_fn(params, state, opt_state, *data)
+            ok = ok & finite(info)
+            t.apply_if(enabled & ok, grads)
+            return params, state, opt_state, ok, info
+
+        ok = tf.constant(True)
+        per_task = []
+        for b, params in enumerate(params0s):
+            data = tuple({k: v[b] for k, v in d.items()} for d in (support, query, extra))
+            state = t.functional.state()
+            opt_state = t.inner_optimizer.init(params)
+            params, state, opt_state, ok, info = sub_update(params, state, opt_state, ok, data)
+            first_inner, norm_sum = info.initial_loss, info.meta_grad_norm
+            if t.config.unroll_loop == "python" or (t.config.unroll_loop == "auto" and k_steps <= 10):
+                for _ in range(k_steps - 1):
+                    params, state, opt_state, ok, info = sub_update(params, state, opt_state, ok, data)
+                    norm_sum = norm_sum + info.meta_grad_norm
+            elif k_steps > 1:
+
+                def body(i, p, s, o, ok, info, norm_sum, data=data):
+                    p, s, o, ok, info = sub_update(p, s, o, ok, data)
+                    return i + 1, p, s, o, ok, info, norm_sum + info.meta_grad_norm
+
+                loop = (tf.constant(1), params, state, opt_state, ok, info, norm_sum)
+                _, params, state, opt_state, ok, info, norm_sum = tf.while_loop(
+                    lambda i, *_: i < k_steps, body, loop, maximum_iterations=k_steps - 1
+                )
+            per_task.append(
+                (info.objective, info.task_loss, info.extra_loss, first_inner, norm_sum / k_steps)
+            )
+
+        def restore() -> tf.Tensor:
+            for v, value in zip([*variables, *t.optimizer.variables], saved, strict=True):
+                v.assign(value)
+            return tf.constant(True)
+
+        tf.cond(enabled & tf.logical_not(ok), restore, lambda: tf.constant(False))
+        means = [tf.add_n(list(col)) / len(per_task) for col in zip(*per_task, strict=True)]
+        return MetaStepInfo(*means), ok
 
 
 def _tensors(d: dict) -> dict:
