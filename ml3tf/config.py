@@ -26,6 +26,29 @@ LEARNER_INITS = ("fresh", "fixed")
 META_UPDATES = ("unrolled", "online")
 
 
+#: The three kinds of configuration field (``MetaTrainConfig.fields_of``):
+#: ``maths`` — what meta-training computes (a resumed run must keep them);
+#: ``schedule`` — how long it runs and when it evaluates and saves;
+#: ``execution`` — how it is executed (devices, compilation, loops): never changes the numbers
+#: beyond floating-point rounding.
+FIELD_KINDS = ("maths", "schedule", "execution")
+
+
+def maths(default: Any) -> Any:
+    """A field of the mathematics of meta-training (compared when a run is resumed)."""
+    return dataclasses.field(default=default, metadata={"kind": "maths"})
+
+
+def schedule(default: Any) -> Any:
+    """A field of the schedule (run length, evaluation and checkpoint cadence): may change on resume."""
+    return dataclasses.field(default=default, metadata={"kind": "schedule"})
+
+
+def execution(default: Any) -> Any:
+    """A field of how the run is executed (devices, XLA, loops, logging): may change on resume."""
+    return dataclasses.field(default=default, metadata={"kind": "execution"})
+
+
 def _positive(name: str, value: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -41,74 +64,80 @@ class MetaTrainConfig:
     """Hyper-parameters of one meta-training run (saved as ``config.json``).
 
     The defaults are the paper's sine protocol; each task supplies its own via
-    ``task.default_config()``.
+    ``task.default_config()``. Every field is declared as one of three kinds (``FIELD_KINDS``):
+    the mathematics of meta-training (``maths``), its ``schedule``, or its ``execution``;
+    resuming a run compares the first (``mathematics()``) and ignores the other two.
+
+    Example:
+        >>> MetaTrainConfig().replace(jit_compile=True).mathematics() == MetaTrainConfig().mathematics()
+        True
     """
 
-    inner_steps: int = 1
+    inner_steps: int = maths(1)
     """K: differentiable inner SGD steps per meta-step."""
-    inner_lr: float = 1e-3
+    inner_lr: float = maths(1e-3)
     """α: inner learning rate (also the meta-test learning rate)."""
-    inner_optimizer: str = "sgd"
+    inner_optimizer: str = maths("sgd")
     """Inner optimizer: ``sgd`` (paper), ``momentum`` or ``adam`` (all differentiable)."""
-    inner_momentum: float = 0.9
+    inner_momentum: float = maths(0.9)
     """μ for ``inner_optimizer=momentum``."""
-    meta_lr: float = 1e-3
+    meta_lr: float = maths(1e-3)
     """η: learning rate of the outer optimizer on φ."""
-    meta_optimizer: str = "adam"
+    meta_optimizer: str = maths("adam")
     """Outer Keras optimizer on φ: ``adam`` (paper) or ``sgd``."""
-    meta_steps: int = 500
+    meta_steps: int = schedule(500)
     """Number of outer updates of φ."""
-    meta_batch_size: int = 1
+    meta_batch_size: int = maths(1)
     """Tasks per meta-step (the meta-objective is their mean)."""
-    seed: int = 0
+    seed: int = maths(0)
     """Seed of φ's initialisation, the task sampling and the learner inits."""
-    task_loss_weight: float = 1.0
+    task_loss_weight: float = maths(1.0)
     """β in the meta-objective β·L_task + γ·L_extra."""
-    extra_loss_weight: float = 0.0
+    extra_loss_weight: float = maths(0.0)
     """γ in the meta-objective β·L_task + γ·L_extra (needs a task with ``extra_loss``)."""
-    strategy: str = "default"
+    strategy: str = execution("default")
     """Devices: ``default``, ``mirrored`` (all GPUs / logical CPUs; the meta-batch is split
     across replicas) or ``tpu`` (``$ML3TF_TPU`` / Colab; falls back to default)."""
-    vectorize_meta_batch: bool = True
+    vectorize_meta_batch: bool = execution(True)
     """Run the tasks of a meta-batch as one batched computation (``tf.vectorized_map``);
     ignored under ``jit_compile``, where XLA fuses the per-task loop."""
-    backprop: str = "full"
+    backprop: str = maths("full")
     """Backward pass through the inner steps: ``full``; ``segmented`` (exact, memory ~ K/S + S,
     for long unrolls); ``truncated`` (approximate: only the last ``truncate_steps`` steps)."""
-    segment_length: int = 25
+    segment_length: int = maths(25)
     """S: inner steps per recomputed segment with ``backprop=segmented``."""
-    truncate_steps: int = 10
+    truncate_steps: int = maths(10)
     """T: inner steps that carry gradient with ``backprop=truncated``."""
-    meta_update: str = "unrolled"
+    meta_update: str = maths("unrolled")
     """``unrolled``: one φ update per meta-step, differentiated through all K inner steps (exact).
     ``online``: per task, a φ update after every inner step, differentiated through that one step
     only (θ_k held constant; the learner keeps its θ across the K steps): B·K updates per meta-step,
     memory independent of K (the authors' shaped-sine protocol)."""
-    unroll_loop: str = "auto"
+    unroll_loop: str = execution("auto")
     """``python`` (unrolled graph), ``while`` (tf.while_loop) or ``auto`` (python for K ≤ 10)."""
-    jit_compile: bool = False
+    jit_compile: bool = execution(False)
     """Compile the meta-step with XLA (slower on CPU for the tiny sine step; for GPU/TPU)."""
-    eval_steps: int = 100
+    eval_steps: int = schedule(100)
     """Meta-test SGD steps of fresh learners."""
-    eval_jit_compile: bool = True
+    eval_jit_compile: bool = execution(True)
     """Compile the meta-test curves with XLA (faster on CPU too; turn off to debug)."""
-    eval_every: int = 0
+    eval_every: int = schedule(0)
     """Evaluate (learned loss vs baseline) every N meta-steps into metrics.jsonl; 0: never."""
-    steps_per_call: int = 50
+    steps_per_call: int = execution(50)
     """Meta-steps per compiled call (a loop inside the graph; metrics stay per step)."""
-    checkpoint_every: int = 100
+    checkpoint_every: int = schedule(100)
     """Save a resumable checkpoint every N meta-steps (and at the end)."""
-    tensorboard: bool = False
+    tensorboard: bool = execution(False)
     """Also write TensorBoard scalars to ``<run dir>/tensorboard``."""
-    method: str = "ml3"
+    method: str = maths("ml3")
     """What is meta-learned: ``ml3`` (the loss φ; learner re-initialised every meta-step), ``maml``
     (the learner's initialisation θ₀, inner steps on the task's baseline loss) or ``ml3+maml`` (both,
     separate outer optimizers)."""
-    init_lr: float = 1e-3
+    init_lr: float = maths(1e-3)
     """Meta learning rate of θ₀ (Adam) for ``maml`` and ``ml3+maml``; ``meta_lr`` stays φ's."""
-    first_order: bool = False
+    first_order: bool = maths(False)
     """First-order MAML (stop-gradient on the inner gradients); only valid with ``method=maml``."""
-    learner_init: str = "fresh"
+    learner_init: str = maths("fresh")
     """θ_0 of the inner steps: ``fresh`` — redrawn for every meta-step and task (default);
     ``fixed`` — the same draw at every meta-step (one per meta-batch slot, from the seed), the
     authors' MountainCar and reacher protocols (their policy keeps, or is reset to, one θ_0)."""
@@ -178,6 +207,17 @@ class MetaTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def fields_of(cls, kind: str) -> tuple[str, ...]:
+        """Names of the fields of ``kind`` (one of ``FIELD_KINDS``), in declaration order."""
+        if kind not in FIELD_KINDS:
+            raise ValueError(f"kind must be one of {FIELD_KINDS}, got {kind!r}")
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["kind"] == kind)
+
+    def mathematics(self) -> dict[str, Any]:
+        """The ``maths`` fields: what a resumed run must share with the run it continues."""
+        return {name: getattr(self, name) for name in self.fields_of("maths")}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:

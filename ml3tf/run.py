@@ -56,23 +56,6 @@ from ml3tf.task import Task
 
 log = logging.getLogger("ml3tf")
 
-#: Config fields that may change when a run is resumed (they do not change the math
-#: of the steps already taken).
-RESUMABLE_FIELDS = frozenset(
-    {
-        "meta_steps",
-        "checkpoint_every",
-        "eval_every",
-        "eval_steps",
-        "eval_jit_compile",
-        "strategy",
-        "steps_per_call",
-        "tensorboard",
-        "jit_compile",
-        "unroll_loop",
-    }
-)
-
 StepCallback = Callable[[int, int, MetaStepInfo], None]
 
 
@@ -118,15 +101,10 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
-def _task_options(task: Task) -> dict[str, Any]:
-    describe = getattr(task, "describe_options", None)
-    return describe() if describe else {}
-
-
 def _run_record(task: Task, config: MetaTrainConfig, seeds: Sequence[int]) -> dict[str, Any]:
     return {
         "task": task.name,
-        "task_options": json.loads(json.dumps(_task_options(task))),
+        "task_options": json.loads(json.dumps(task.describe_options())),
         "config": config.to_dict(),
         "seeds": [int(s) for s in seeds],
     }
@@ -196,9 +174,8 @@ def _check_resume(run_dir: str, record: dict[str, Any]) -> None:
         )
     # A field added after the run was written holds its default there (runs stay resumable).
     defaults = {f.name: f.default for f in dataclasses.fields(MetaTrainConfig)}
-    for key, value in record["config"].items():
-        if key in RESUMABLE_FIELDS:
-            continue
+    for key in MetaTrainConfig.fields_of("maths"):  # schedule and execution fields may change
+        value = record["config"][key]
         if old.get("config", {}).get(key, defaults.get(key)) != value:
             raise ValueError(
                 f"out_dir {run_dir!r} holds a run with {key}={old.get('config', {}).get(key)!r}; "
