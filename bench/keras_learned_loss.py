@@ -53,7 +53,7 @@ def main() -> None:
 
     import ml3tf
     from ml3tf import tasks
-    from ml3tf.evaluation import EVAL_SEED_OFFSET
+    from ml3tf.seeds import meta_test_seeds
 
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     steps = 10 if args.quick else 100
@@ -74,11 +74,11 @@ def main() -> None:
     for seed in seeds:
         splits = task.eval_splits(seed)
         # ml3tf eval runs the splits of one seed as a batch (train first); learner t starts
-        # from stateless seed [seed, EVAL_SEED_OFFSET + t]. Use the same starting points.
+        # from stateless seed meta_test_seeds(seed, ·)[t]. Use the same starting points.
         t = 0
         for split, (xs, ys) in splits.items():
             for x, y in zip(xs, ys, strict=True):
-                theta0 = [p.numpy() for p in functional.init_params([seed, EVAL_SEED_OFFSET + t])]
+                theta0 = [p.numpy() for p in functional.init_params(meta_test_seeds(seed, t + 1)[t])]
                 t += 1
                 for method, model in models.items():
                     model.set_weights(theta0)

@@ -75,8 +75,8 @@ def per_seed(task, losses, cfg, seeds) -> dict:
     for split in ("train", "test"):
         rows = []
         for loss, seed in zip(losses, seeds, strict=True):
-            learned, _ = task.meta_test(loss, seed, split, cfg.eval_steps, cfg.inner_lr)
-            baseline, _ = task.meta_test(None, seed, split, cfg.eval_steps, cfg.inner_lr)
+            learned, _ = task.meta_test(loss, seed, split, cfg)
+            baseline, _ = task.meta_test(None, seed, split, cfg)
             rows.append(
                 {
                     "seed": seed,
@@ -99,9 +99,9 @@ def lr_sweep(task, losses, cfg, seeds) -> dict:
             for method in ("learned", "baseline"):
                 curves = np.stack(
                     [
-                        task.meta_test(loss if method == "learned" else None, s, split, cfg.eval_steps, lr)[
-                            0
-                        ].mean(0)
+                        task.meta_test(
+                            loss if method == "learned" else None, s, split, cfg.replace(inner_lr=lr)
+                        )[0].mean(0)
                         for loss, s in zip(losses, seeds, strict=True)
                     ]
                 )

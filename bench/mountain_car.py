@@ -74,7 +74,7 @@ def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
             res = task.evaluate(losses, cfg, seeds, steps=2)
             per_seed = []
             for seed, loss in zip(seeds, losses, strict=True):
-                out = task.meta_test(loss, task.train_params(seed), cfg.eval_steps, cfg.inner_lr)
+                out = task.meta_test(loss, task.train_params(seed), cfg)
                 per_seed.append(
                     {
                         "positions": out["positions"][0, -1].tolist(),
@@ -100,7 +100,7 @@ def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
         env_rows, continuous_rows = [], []
         learner = task.make_learner()
         for seed, loss, row in zip(seeds, extra["losses"], extra["per_seed"], strict=True):
-            theta = task.adapt(loss, [p[0] for p in task.train_params(seed)], cfg.eval_steps, cfg.inner_lr)
+            theta = [p[0] for p in task.meta_test(loss, task.train_params(seed), cfg)["params"]]
             env_out = mce.run_policy(learner, theta)
             env_rows.append(
                 {

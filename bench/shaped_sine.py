@@ -99,7 +99,7 @@ def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
     # MSE is not handicapped by the protocol's lr 1.0 alone: its success rate at smaller lrs.
     sweep = {}
     for lr in (1.0, 0.1, 0.01):
-        outs = [task.meta_test(None, s, shaped["steps"], lr) for s in seeds]
+        outs = [task.meta_test(None, s, base.replace(inner_lr=lr), shaped["steps"]) for s in seeds]
         rates = [task.success_rate(o["omega"][1:, -1]) for o in outs]
         finals = [float(o["mse"][0, -1]) for o in outs]
         sweep[str(lr)] = {

@@ -11,10 +11,11 @@ import tensorflow as tf
 import ml3tf
 from ml3tf import tasks
 from ml3tf.cli import main
-from ml3tf.evaluation import SupervisedEvaluator
+from ml3tf.engine import engine_for
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.models.lenet import ShiftConv2D, make_lenet
 from ml3tf.models.spec import LearnerSpec, build_learner, parse_learner_spec
+from ml3tf.task import SupervisedTask
 from ml3tf.tasks.classification import load_mnist_npz
 from tests.numerics import ACT_ABS_ULPS, ACT_REL_ULPS, U32, gamma
 
@@ -186,13 +187,14 @@ def test_meta_loss_hidden_bias_output_bias_free_roundtrip(tmp_path):
 def test_evaluator_reports_eval_metric_on_held_out_query():
     """Core hook: curves record ``eval_metric`` (accuracy) on the query set, not ``metric`` on support."""
     binary = tasks.get("classification", **{**FAST, "learner": "mlp:8:tanh"}, test_pairs=("0-1", "2-3"))
-    ev = SupervisedEvaluator(binary, learning_rate=0.5, steps=1)
+    cfg = binary.default_config().replace(inner_lr=0.5, eval_steps=1, eval_jit_compile=False)
     splits = binary.eval_splits(0)
-    res = ev.evaluate([binary.make_meta_loss()], [0])
+    res = SupervisedTask.evaluate(binary, [binary.make_meta_loss()], cfg, [0])
     assert res["metric"] == "accuracy"
     xs, ys, xq, yq = (tf.convert_to_tensor(a) for a in splits["train"])
-    theta0 = [p[: len(xs)] for p in ev._initial_params(0, len(xs) + len(splits["test"][0]))]
-    f = ev.functional
+    engine = engine_for(binary, cfg)
+    theta0 = [p[: len(xs)] for p in engine.initial_params(0, len(xs) + len(splits["test"][0]))]
+    f = engine.learner
     by_hand, margins = [], []
     for t in range(len(xs)):
         p = [v[t] for v in theta0]
@@ -215,8 +217,9 @@ def test_evaluator_reports_eval_metric_on_held_out_query():
     np.testing.assert_allclose(
         res["curves"]["train"]["baseline"]["mean"], np.mean(by_hand, axis=0), atol=1e-6
     )
-    ce_ev = SupervisedEvaluator(binary, 0.5, 1, metric=binary.metric, metric_name="cross_entropy")
-    ce = ce_ev.evaluate([binary.make_meta_loss()], [0])
+    ce = SupervisedTask.evaluate(
+        binary, [binary.make_meta_loss()], cfg, [0], metric=binary.metric, metric_name="cross_entropy"
+    )
     assert ce["metric"] == "cross_entropy" and ce["curves"]["train"]["baseline"]["mean"][0] > 0.1
 
 

@@ -143,7 +143,7 @@ def test_online_meta_step_closed_form(float64):
     # rtol 1e-10 there. A wrong sign, factor or step is off by ≥ 1e-3.
     np.testing.assert_allclose(trainer.meta_loss.phi.numpy(), phi, rtol=1e-12)
     np.testing.assert_allclose(info.task_loss, np.mean((w * x - y) ** 2), rtol=1e-12)
-    np.testing.assert_allclose(info.learned_loss, learned0, rtol=1e-12)
+    np.testing.assert_allclose(info.initial_loss, learned0, rtol=1e-12)
     np.testing.assert_allclose(info.meta_grad_norm, np.mean(norms), rtol=1e-10)
     # the truncated gradient differs from the exact unrolled one (which would differentiate w_1 too)
     unrolled = MetaTrainer(task, cfg.replace(meta_update="unrolled"))
@@ -161,7 +161,7 @@ def test_online_sub_update_matches_finite_differences(float64):
     state = trainer.functional.state()
 
     def objective():
-        out = trainer._online_gradient(params, state, (), one.support, one.query, one.extra)
+        out = trainer.update._gradient(params, state, (), one.support, one.query, one.extra)
         return out[0], float(out[4][0].numpy())
 
     grads, _ = objective()
@@ -287,7 +287,7 @@ def test_linear_output_bias_gets_a_zero_gradient_not_an_error(meta_update):
     else:
         one = task.sample(0, 0, 1).task(0)
         params = trainer.functional.init_params([0, 0])
-        grads = trainer._online_gradient(params, [], (), one.support, one.query, one.extra)[0]
+        grads = trainer.update._gradient(params, [], (), one.support, one.query, one.extra)[0]
     assert np.all(grads[-1].numpy() == 0)
     assert all(np.any(g.numpy() != 0) for g in grads[:-1])
 

@@ -21,7 +21,7 @@ class Absent:
 
 sys.meta_path.insert(0, Absent())
 import ml3tf
-from ml3tf import cli, evaluation, inner, meta_trainer, run, task, results  # noqa: F401
+from ml3tf import cli, engine, inner, meta_trainer, run, task, results  # noqa: F401
 from ml3tf import tasks
 t = tasks.get("sine", n_points=8, n_test_tasks=1)
 cfg = t.default_config().replace(meta_steps=2, eval_steps=2)

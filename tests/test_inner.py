@@ -45,8 +45,8 @@ def test_optimizers_match_textbook(kind, loop):
     # amplify rounding): ≲ 100·eps ≈ 2e-14 relative (measured 2e-16); a wrong update rule is off
     # by ≥ 1e-3
     np.testing.assert_allclose(res.params[0].numpy(), _numpy_run(kind, 0.05, 7, p0, target), rtol=1e-10)
-    # first_loss is the loss at θ_0
-    np.testing.assert_allclose(res.first_loss.numpy(), np.sum((p0 - target) ** 2 * np.arange(1.0, 4.0)))
+    # initial_loss is the loss at θ_0
+    np.testing.assert_allclose(res.initial_loss.numpy(), np.sum((p0 - target) ** 2 * np.arange(1.0, 4.0)))
 
 
 def test_while_loop_equals_python_loop_under_tf_function():

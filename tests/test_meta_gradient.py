@@ -36,7 +36,7 @@ def test_golden_linear_learner_scaled_square_loss(float64):
     grads, info = trainer.meta_gradient(batch, seeds)
     np.testing.assert_allclose(info.task_loss.numpy(), loss, rtol=1e-12)
     np.testing.assert_allclose(grads[0].numpy(), dloss_dphi, rtol=1e-10)
-    np.testing.assert_allclose(info.learned_loss.numpy(), np.mean(phi * (w0 * x - y) ** 2), rtol=1e-12)
+    np.testing.assert_allclose(info.initial_loss.numpy(), np.mean(phi * (w0 * x - y) ** 2), rtol=1e-12)
 
     trainer.meta_step(batch, 0)  # outer SGD: φ ← φ − η dL/dφ
     np.testing.assert_allclose(trainer.meta_loss.phi.numpy(), phi - eta * dloss_dphi, rtol=1e-12)

@@ -436,9 +436,9 @@ def test_adapted_policy_through_tf_agents_equals_meta_test(mce):
     keras.utils.set_random_seed(0)
     meta_loss = ml3tf.MetaLossNetwork(4, (16,), activation="elu", use_bias=True, output_activation="linear")
     params0 = task.train_params(3)
-    theta = task.adapt(meta_loss, [p[0] for p in params0], steps=1, learning_rate=1.0)
-    assert not np.allclose(theta[0].numpy(), params0[0][0])  # the step moved the policy
-    out = task.meta_test(meta_loss, params0, steps=1, learning_rate=1.0)
+    out = task.meta_test(meta_loss, params0, task.default_config().replace(inner_lr=1.0), steps=1)
+    theta = [p[0] for p in out["params"]]
+    assert not np.allclose(theta[0], params0[0][0])  # the step moved the policy
     env_out = mce.run_policy(task.make_learner(), theta, env=mce.AuthorsMountainCarEnv(horizon=10))
     assert env_out["states"].shape == (11, 2)
     # float64 environment vs float32 meta-test: every action is clipped at −0.25 (the raw ones

@@ -83,7 +83,7 @@ def test_meta_test_sgd_matches_closed_form_and_landscape_minimum():
     """One MSE SGD step: ω₁ = ω₀ − lr · mean(2 (sin(ω₀x) − y) x cos(ω₀x)), for every initial ω."""
     task = tasks.get("shaped_sine", n_inits=6)
     lr = 0.05
-    out = task.meta_test(None, seed=0, steps=2, learning_rate=lr)
+    out = task.meta_test(None, 0, task.default_config().replace(inner_lr=lr), steps=2)
     x, y = (a.astype(np.float64).ravel() for a in task.test_points())
     w0 = task.initial_omegas(0)
     assert w0[0] == pytest.approx(0.1) and out["omega"].shape == out["mse"].shape == (7, 3)
