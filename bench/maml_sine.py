@@ -109,7 +109,7 @@ def learned_params(paths: list[str]) -> list:
 
 
 def run_shots(shots: int, seeds: list[int], cfg, tmp: str) -> tuple[dict, dict]:
-    """Meta-train every arm for ``shots``; returns (results in the §3 schema, artefacts per arm)."""
+    """Meta-train every arm for ``shots``; returns (results in the results.json schema, artefacts per arm)."""
     import ml3tf
     from ml3tf import tasks
     from ml3tf.meta_loss import load_meta_loss

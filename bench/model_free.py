@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 
-import ml3tf.tasks.rl_env  # noqa: F401  (first: selects Keras 2 for tf.keras before TensorFlow)
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
@@ -41,7 +39,11 @@ SWEEP_LRS = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 def run(seeds: list[int], meta_steps: int | None, eval_steps: int, out_dir: str) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # rl_env before anything imports TensorFlow (`import ml3tf` does not): it selects Keras 2 for
+    # tf.keras. Imported here, not at the top, so that `table` (bench/update_readme.py renders the
+    # README with it) needs neither TF-Agents nor TensorFlow.
     import ml3tf
+    import ml3tf.tasks.rl_env
     from ml3tf import tasks
     from ml3tf.results import plot_results, write_results
 

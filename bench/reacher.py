@@ -26,8 +26,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-import ml3tf.tasks.rl_env  # noqa: E402, F401  (before TensorFlow: TF-Agents' Keras set-up)
-
 DEFAULT_OUT = os.path.join(REPO, "docs", "results", "reacher")
 
 LABELS = {
@@ -48,7 +46,11 @@ def run(
     task_options: dict | None = None,
 ) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # rl_env before anything imports TensorFlow (`import ml3tf` does not): TF-Agents' Keras set-up.
+    # Imported here, not at the top, so that `table` (bench/update_readme.py renders the README
+    # with it) needs neither TF-Agents nor TensorFlow.
     import ml3tf
+    import ml3tf.tasks.rl_env
     from bench.sine import machine
     from ml3tf import tasks
     from ml3tf.results import write_results

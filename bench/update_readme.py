@@ -2,6 +2,15 @@
 
     python bench/update_readme.py --run     # re-run the sine experiment into docs/results/sine/, then render
     python bench/update_readme.py           # only re-render README blocks from the committed JSON files
+    python bench/update_readme.py --check   # only compare: exit 1 if README.md differs from the JSON files
+
+``--check`` renders in memory and writes nothing (no README, no bytecode cache). It exits 0
+when every generated block of README.md equals what the JSON files give, and 1 otherwise,
+printing a unified diff per block that differs; a block whose result file is missing, or a
+block the renderer writes that README.md lacks, fails the check too. ``tests/test_readme.py``
+runs it, so the test suite fails on a hand-edited or stale number. Rendering needs neither
+TensorFlow nor TF-Agents (the bench modules whose tables it uses import those lazily).
+``--readme PATH`` renders or checks another copy of the README (the tests use it).
 
 Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are replaced:
 
@@ -28,6 +37,7 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -354,8 +364,11 @@ def render_transfer() -> str:
 
 
 def render_reacher(path: str = "docs/results/reacher/results.json") -> str:
-    """The table of ``bench/reacher.py`` (its import selects TF-Agents' Keras first)."""
+    """The table of ``bench/reacher.py`` (importing it imports neither TF-Agents nor TensorFlow)."""
     return _bench_table("reacher", path)
+
+
+BLOCK = re.compile(r"<!-- generated:([\w-]+) -->\n(.*?)\n<!-- /generated:\1 -->", re.S)
 
 
 def replace_block(text: str, name: str, body: str) -> str:
@@ -365,25 +378,40 @@ def replace_block(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="store_true", help="re-run the sine experiment first")
-    args = ap.parse_args()
-    if args.run:
-        run_sine()
-    with open(README) as f:
-        text = f.read()
-    if os.path.exists(os.path.join(SINE_DIR, "results.json")):
-        text = replace_block(text, "sine", render_sine())
-    if os.path.exists(os.path.join(REPO, "bench", "results", "sine.json")):
-        text = replace_block(text, "bench-sine", render_bench_sine())
-    if os.path.exists(os.path.join(REPO, "bench", "results", "scale.json")):
-        text = replace_block(text, "bench-scale", render_bench_scale())
-    if os.path.exists(os.path.join(REPO, "bench", "results", "keras_learned_loss.json")):
-        text = replace_block(text, "keras-learned-loss", render_keras_learned_loss())
-    if os.path.exists(os.path.join(REPO, "docs", "results", "maml_sine", "broader.json")):
-        text = replace_block(text, "maml-sine", render_maml_sine())
-    for name, path, render in (
+def blocks(text: str) -> dict[str, str]:
+    """``{NAME: body}`` of the ``<!-- generated:NAME -->`` blocks in ``text``."""
+    return {m.group(1): m.group(2) for m in BLOCK.finditer(text)}
+
+
+def _exists(*parts: str) -> bool:
+    return os.path.exists(os.path.join(REPO, *parts))
+
+
+def render(text: str) -> tuple[str, list[str]]:
+    """``text`` (README.md's content) with every generated block whose result files exist
+    re-rendered from them, and the names of those blocks. Reads files, writes nothing.
+
+    Raises:
+        SystemExit: a block that has result files is missing from ``text``.
+    """
+    done = []
+
+    def put(name: str, body: str) -> None:
+        nonlocal text
+        text = replace_block(text, name, body)
+        done.append(name)
+
+    if _exists("docs", "results", "sine", "results.json"):
+        put("sine", render_sine())
+    if _exists("bench", "results", "sine.json"):
+        put("bench-sine", render_bench_sine())
+    if _exists("bench", "results", "scale.json"):
+        put("bench-scale", render_bench_scale())
+    if _exists("bench", "results", "keras_learned_loss.json"):
+        put("keras-learned-loss", render_keras_learned_loss())
+    if _exists("docs", "results", "maml_sine", "broader.json"):
+        put("maml-sine", render_maml_sine())
+    for name, path, render_one in (
         ("shaped-sine", ("docs", "results", "shaped_sine", "results.json"), render_shaped_sine),
         (
             "inverse-dynamics",
@@ -392,22 +420,87 @@ def main() -> None:
         ),
         ("mountain-car", ("docs", "results", "mountain_car", "results.json"), render_mountain_car),
     ):
-        if os.path.exists(os.path.join(REPO, *path)):
-            text = replace_block(text, name, render())
-    if os.path.exists(os.path.join(REPO, "bench", "results", "classification.json")):
-        text = replace_block(text, "classification", render_classification())
-    if os.path.exists(os.path.join(REPO, "bench", "results", "transfer.json")):
-        text = replace_block(text, "transfer", render_transfer())
-    if os.path.exists(os.path.join(REPO, "docs", "results", "point_mass", "results.json")):
-        text = replace_block(text, "model-free", render_model_free())
-    if os.path.exists(os.path.join(REPO, "docs", "results", "reacher", "results.json")):
-        text = replace_block(text, "reacher", render_reacher())
+        if _exists(*path):
+            put(name, render_one())
+    if _exists("bench", "results", "classification.json"):
+        put("classification", render_classification())
+    if _exists("bench", "results", "transfer.json"):
+        put("transfer", render_transfer())
+    if _exists("docs", "results", "point_mass", "results.json"):
+        put("model-free", render_model_free())
+    if _exists("docs", "results", "reacher", "results.json"):
+        put("reacher", render_reacher())
     variant = "docs/results/reacher_goal_relative_linear/results.json"
-    if os.path.exists(os.path.join(REPO, variant)):
-        text = replace_block(text, "reacher-goal-relative-linear", render_reacher(variant))
-    with open(README, "w") as f:
+    if _exists(variant):
+        put("reacher-goal-relative-linear", render_reacher(variant))
+    return text, done
+
+
+def check(text: str, label: str = "README.md") -> dict[str, str]:
+    """What is wrong with ``text`` (README.md's content), by block name: a unified diff for each
+    generated block that differs from its rendering, a one-line message for each block that
+    has no result file to be rendered from. Empty when ``text`` is exactly what the result
+    files give. Reads files, writes nothing.
+
+    Raises:
+        SystemExit: a block that has result files is missing from ``text``.
+    """
+    rendered, done = render(text)
+    have, want = blocks(text), blocks(rendered)
+    problems = {
+        name: f"{label}: block 'generated:{name}' has no result file to render it from\n"
+        for name in have
+        if name not in done
+    }
+    for name in done:
+        if have[name] != want[name]:
+            diff = difflib.unified_diff(
+                have[name].splitlines(keepends=True),
+                want[name].splitlines(keepends=True),
+                fromfile=f"{label} (generated:{name})",
+                tofile=f"rendered from the result files (generated:{name})",
+            )
+            problems[name] = "".join(line if line.endswith("\n") else line + "\n" for line in diff)
+    if not problems and rendered != text:  # cannot happen (only blocks are replaced); never pass it
+        problems["(outside blocks)"] = "".join(
+            difflib.unified_diff(text.splitlines(True), rendered.splitlines(True), label, "rendered")
+        )
+    return problems
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--run", action="store_true", help="re-run the sine experiment first")
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 (with a diff per block) if README.md differs from the result files",
+    )
+    ap.add_argument("--readme", default=README, help="the README to render or check (default: %(default)s)")
+    args = ap.parse_args()
+    if args.check:
+        sys.dont_write_bytecode = True  # importing the bench modules must not write __pycache__/
+    if args.run:
+        run_sine()
+    with open(args.readme) as f:
+        text = f.read()
+    label = os.path.basename(args.readme)
+    if args.check:
+        problems = check(text, label)
+        if problems:
+            sys.stdout.write("".join(problems.values()))
+            print(
+                f"{label} differs from the result files in block(s) {', '.join(problems)}: run "
+                "`python bench/update_readme.py` to re-render (or re-run the bench that writes them)"
+            )
+            sys.exit(1)
+        print(f"{label} matches the result files ({len(blocks(text))} generated blocks)")
+        return
+    text, _ = render(text)
+    with open(args.readme, "w") as f:
         f.write(text)
-    print("README.md updated")
+    print(f"{label} updated")
 
 
 if __name__ == "__main__":

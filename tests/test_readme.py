@@ -1,9 +1,13 @@
-"""README and CI agree: .ci/run runs the README's two commands verbatim."""
+"""README and CI agree: .ci/run runs the README's two commands verbatim, and every number in a
+generated block of README.md is what ``bench/update_readme.py`` renders from the result files."""
 
 import os
 import re
+import subprocess
+import sys
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+UPDATE_README = os.path.join(ROOT, "bench", "update_readme.py")
 
 
 def _read(name):
@@ -33,3 +37,40 @@ def test_readme_numbers_are_generated():
         "mountain-car",
     ):
         assert f"<!-- generated:{name} -->" in readme and f"<!-- /generated:{name} -->" in readme
+
+
+def _check(*args):
+    """``python bench/update_readme.py --check …`` from the repository root (needs no TensorFlow)."""
+    return subprocess.run(
+        [sys.executable, UPDATE_README, "--check", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_readme_numbers_equal_the_result_files():
+    before = _read("README.md")
+    done = _check()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "matches the result files" in done.stdout
+    assert _read("README.md") == before  # --check writes nothing
+
+
+def test_readme_check_reports_a_changed_number(tmp_path):
+    readme = _read("README.md")
+    body = re.search(r"<!-- generated:sine -->\n(.*?)\n<!-- /generated:sine -->", readme, re.S).group(1)
+    row = next(line for line in body.splitlines() if line.startswith("| train | 1 step |"))
+    number = re.search(r"\d+\.\d{3}", row).group(0)
+    changed = f"{float(number) + 0.001:.3f}"
+    edited = readme.replace(row, row.replace(number, changed, 1), 1)
+    assert edited != readme
+    copy = tmp_path / "README.md"
+    copy.write_text(edited)
+    done = _check("--readme", str(copy))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "generated:sine" in done.stdout and "block(s) sine:" in done.stdout
+    assert f"-{row.replace(number, changed, 1)}" in done.stdout and f"+{row}" in done.stdout
+    assert "bench-sine" not in done.stdout  # only the block that differs is named
+    assert copy.read_text() == edited  # nothing written
