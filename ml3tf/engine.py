@@ -104,12 +104,16 @@ class MetaTestEngine:
         optimizer: the inner optimizer of the meta-test learners.
         steps: updates per learner.
         jit_compile: compile the curves with XLA.
+        vectorize: batch the learners with ``tf.vectorized_map`` (default); ``False`` loops over
+            them inside the graph, for learners whose step ``vectorized_map`` cannot convert
+            (a ``tf.while_loop`` of ``TensorArray``s, as reacher's model rollout).
     """
 
     learner: Any
     optimizer: InnerOptimizer
     steps: int
     jit_compile: bool = False
+    vectorize: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -125,6 +129,7 @@ class MetaTestEngine:
         steps: int | None = None,
         learning_rate: float | None = None,
         jit_compile: bool | None = None,
+        vectorize: bool = True,
     ) -> MetaTestEngine:
         """The engine ``config`` asks for: its inner optimizer at ``inner_lr`` (or
         ``learning_rate``), ``eval_steps`` (or ``steps``), ``eval_jit_compile``."""
@@ -134,6 +139,7 @@ class MetaTestEngine:
             make_inner_optimizer(config.inner_optimizer, lr, config.inner_momentum),
             config.eval_steps if steps is None else int(steps),
             config.eval_jit_compile if jit_compile is None else bool(jit_compile),
+            vectorize,
         )
 
     # --- θ₀ ------------------------------------------------------------------------------
@@ -193,6 +199,14 @@ class MetaTestEngine:
 
     def _compile(self, loss, metric, per_step, record_params):
         steps, optimizer = self.steps, self.optimizer
+        vectorize = self.vectorize
+
+        def each(fn, elems):
+            if vectorize:
+                return tf.vectorized_map(fn, elems)
+            count = tf.nest.flatten(elems)[0].shape[0]
+            outs = [fn(tf.nest.map_structure(lambda x, t=t: x[t], elems)) for t in range(count)]
+            return tf.nest.map_structure(lambda *xs: tf.stack(xs), *outs)
 
         def curves(params, state, data, phi):
             fixed = {k: v for k, v in data.items() if k not in per_step}
@@ -216,7 +230,7 @@ class MetaTestEngine:
 
             def body(i, p, s, o, tr, path):
                 step_data = {k: v[:, i] for k, v in varying.items()}
-                g, s_new, m = tf.vectorized_map(one, (p, s, fixed, step_data))
+                g, s_new, m = each(one, (p, s, fixed, step_data))
                 if record_params:
                     path = [a.write(i, x) for a, x in zip(path, p, strict=True)]
                 p, o = optimizer.update(g, o, p)
@@ -229,7 +243,7 @@ class MetaTestEngine:
                 maximum_iterations=steps,
             )
             last_data = {**fixed, **{k: v[:, -1] for k, v in varying.items()}}
-            trace = trace.write(steps, tf.vectorized_map(last, (params, state, last_data)))
+            trace = trace.write(steps, each(last, (params, state, last_data)))
             out = trace.stack()  # (steps + 1, T, …)
             out = tf.transpose(out, [1, 0, *range(2, len(out.shape))])
             if record_params:
@@ -246,15 +260,20 @@ def functional_learner(task: Any) -> FunctionalModel:
 
 
 def engine_for(
-    task: Any, config: MetaTrainConfig, steps: int | None = None, jit_compile: bool | None = None
+    task: Any,
+    config: MetaTrainConfig,
+    steps: int | None = None,
+    jit_compile: bool | None = None,
+    vectorize: bool = True,
 ) -> MetaTestEngine:
     """The meta-test engine of ``task``'s learner for ``config`` (inner optimizer, ``inner_lr``,
     ``eval_steps`` or ``steps``, ``eval_jit_compile`` or ``jit_compile``), cached on the task so
     that repeated evaluations (``eval_every``) reuse its traces."""
     steps = config.eval_steps if steps is None else int(steps)
     jit = config.eval_jit_compile if jit_compile is None else bool(jit_compile)
-    key = (config.inner_optimizer, config.inner_lr, config.inner_momentum, steps, jit)
+    key = (config.inner_optimizer, config.inner_lr, config.inner_momentum, steps, jit, vectorize)
     cache = task.__dict__.setdefault("_meta_test_engines", {})
     if key not in cache:
-        cache[key] = MetaTestEngine.for_config(functional_learner(task), config, steps, jit_compile=jit)
+        learner = functional_learner(task)
+        cache[key] = MetaTestEngine.for_config(learner, config, steps, jit_compile=jit, vectorize=vectorize)
     return cache[key]

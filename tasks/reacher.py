@@ -655,7 +655,8 @@ class ReacherTask(Task):
         """Policies ``params0`` (stacked, one per goal joint state in ``targets``) trained through the
         dynamics model by the meta-test engine (``config``'s inner optimizer at ``inner_lr``) on the
         learned loss (``None``: the task cost); returns, per policy, θ_k for k = 0 … steps."""
-        engine = engine_for(self, config, steps, jit_compile=False)
+        # one policy after the other: vectorized_map cannot convert the while-loop rollout
+        engine = engine_for(self, config, steps, jit_compile=False, vectorize=False)
         learner = engine.learner
         start = tf.constant(np.asarray(self.options.start, np.float32))
 
