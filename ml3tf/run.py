@@ -4,7 +4,8 @@ A run folder holds
 
     config.json       task, task options and the MetaTrainConfig
     metrics.jsonl     one JSON line per meta-step (and per evaluation with eval_every)
-    checkpoints/      φ + outer optimizer, every ``checkpoint_every`` steps and at the end
+    checkpoints/      φ + outer optimizer (+ the task's own state, ``checkpoint_state``), every
+                      ``checkpoint_every`` steps and at the end
     meta_loss.keras   the trained loss network (written once training is complete; ml3, ml3+maml)
     learner.keras     the learner holding the meta-learned θ₀ (maml, ml3+maml)
     tensorboard/      scalars, with ``config.tensorboard``
@@ -351,6 +352,12 @@ def _learner_params(model: keras.Model) -> list:
     return [v.numpy() for v in model.trainable_variables]
 
 
+def _task_state(task: Task) -> dict[str, Any]:
+    """The task's own trackable state for the checkpoints (``{}``: it has none)."""
+    hook = getattr(task, "checkpoint_state", None)  # contract: Task.checkpoint_state
+    return dict(hook()) if hook is not None else {}
+
+
 def _chunk_end(step: int, config: MetaTrainConfig) -> int:
     """End (exclusive) of the next compiled chunk: at most ``steps_per_call`` steps,
     never past a checkpoint, an evaluation or the last step."""
@@ -395,8 +402,12 @@ def train_one(
         trainer.optimizer,
         learner=trainer.learner if config.learns_init else None,
         init_optimizer=trainer.init_optimizer,
+        task_state=_task_state(task),
     )
     start = ckpt.restore()
+    restore_state = getattr(task, "restore_state", None)  # contract: Task.restore_state
+    if restore_state is not None:
+        restore_state(start, ckpt.task_state_restored)
     loss_path = os.path.join(run_dir, "meta_loss.keras")
     learner_path = os.path.join(run_dir, "learner.keras")
     outputs = ([loss_path] if config.learns_loss else []) + ([learner_path] if config.learns_init else [])
