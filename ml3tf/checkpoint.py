@@ -4,12 +4,18 @@ Everything else a run needs is a pure function of ``(seed, step)`` (task samplin
 and learner inits use stateless seeds), so restoring these three is enough for a
 resumed run to end with exactly the metrics of an uninterrupted one. When θ₀ is
 meta-learned (MAML) the learner and its outer optimizer are saved too.
+
+A task that carries state of its own across meta-steps (the reacher's learned dynamics
+model, its optimizer and its growing transition data) hands it over as ``task_state``:
+named trackables saved under ``task/`` in every checkpoint and restored with it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -32,6 +38,10 @@ class Checkpointer:
         max_to_keep: how many checkpoints to keep.
         learner: the learner whose variables are a meta-learned θ₀ (MAML), or ``None``.
         init_optimizer: θ₀'s outer optimizer (with ``learner``).
+        task_state: the task's own state, ``{name: trackable}`` (variables, Keras models and
+            optimizers, ``tf.train.experimental.PythonState`` …), saved under ``task/``; what
+            they hold at each ``save`` is what a ``restore`` puts back. A checkpoint written
+            without it (an older ml3tf) still restores the rest: ``task_state_restored`` says which.
 
     Example:
         >>> ck = Checkpointer("runs/sine/checkpoints", trainer.meta_loss, trainer.optimizer)
@@ -47,6 +57,7 @@ class Checkpointer:
         max_to_keep: int = 2,
         learner: keras.Model | None = None,
         init_optimizer: keras.optimizers.Optimizer | None = None,
+        task_state: Mapping[str, Any] | None = None,
     ) -> None:
         self.directory = os.fspath(directory)
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -55,9 +66,26 @@ class Checkpointer:
             extra["learner"] = learner
         if init_optimizer is not None:
             extra["init_optimizer"] = init_optimizer
-        self._checkpoint = tf.train.Checkpoint(
-            meta_loss=meta_loss, optimizer=optimizer, step=self._step, **extra
-        )
+        core = dict(meta_loss=meta_loss, optimizer=optimizer, step=self._step, **extra)
+        # Restored on their own roots: a checkpoint without task/ (written before tasks had
+        # state) restores the core and reports the task state missing instead of failing.
+        self._core = tf.train.Checkpoint(**core)
+        self._task: tf.train.Checkpoint | None = None
+        #: Whether the last ``restore`` put the task state back (False: none given, no
+        #: checkpoint, or a checkpoint without it).
+        self.task_state_restored = False
+        if task_state:
+            container = tf.Module(name="task_state")
+            for name, value in task_state.items():
+                if not name.isidentifier() or name.startswith("_") or hasattr(container, name):
+                    raise ValueError(
+                        f"task state name {name!r} must be a public identifier, not a tf.Module attribute"
+                    )
+                setattr(container, name, value)
+            self._task = tf.train.Checkpoint(task=container)
+            self._checkpoint = tf.train.Checkpoint(**core, task=container)
+        else:
+            self._checkpoint = self._core
         self._manager = tf.train.CheckpointManager(self._checkpoint, self.directory, max_to_keep=max_to_keep)
 
     @property
@@ -69,13 +97,16 @@ class Checkpointer:
         """Restore the newest readable checkpoint; returns the completed meta-steps (0 if none).
 
         A newest checkpoint that cannot be read (truncated by a full disk, say) is skipped
-        for the one before it, with a warning; ``ValueError`` when none can be read.
+        for the one before it, with a warning; ``ValueError`` when none can be read. The task
+        state comes from the same checkpoint as the rest (``task_state_restored``).
         """
         candidates = list(reversed(self._manager.checkpoints))  # newest first
         errors = []
+        self.task_state_restored = False
         for path in candidates:
             try:
-                self._checkpoint.restore(path).assert_existing_objects_matched()
+                self._core.restore(path).expect_partial().assert_existing_objects_matched()
+                self.task_state_restored = self._restore_task(path)
             except Exception as exc:  # corrupt, truncated or foreign checkpoint
                 errors.append(f"{path!r}: {_first_line(exc)}")
                 continue
@@ -89,6 +120,23 @@ class Checkpointer:
         if errors:
             raise ValueError(f"no checkpoint in {self.directory!r} could be restored: {'; '.join(errors)}")
         return 0
+
+    def _restore_task(self, path: str) -> bool:
+        if self._task is None:
+            return False
+        names = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+        if not any(name.startswith("task/") for name in names):
+            return False  # written before the task had state (or without it)
+        try:
+            self._task.restore(path).expect_partial().assert_existing_objects_matched()
+        except AssertionError as exc:  # the task's state changed shape since (another ml3tf)
+            log.warning(
+                "checkpoint %s: the task's state does not match it (%s); it is not restored",
+                os.path.basename(path),
+                _first_line(exc),
+            )
+            return False
+        return True
 
     def save(self, step: int) -> str:
         """Save after ``step`` completed meta-steps; returns the checkpoint path."""

@@ -4,7 +4,8 @@ A run folder holds
 
     config.json       task, task options and the MetaTrainConfig
     metrics.jsonl     one JSON line per meta-step (and per evaluation with eval_every)
-    checkpoints/      φ + outer optimizer, every ``checkpoint_every`` steps and at the end
+    checkpoints/      φ + outer optimizer (+ the task's own state, ``checkpoint_state``), every
+                      ``checkpoint_every`` steps and at the end
     meta_loss.keras   the trained loss network (written once training is complete; ml3, ml3+maml)
     learner.keras     the learner holding the meta-learned θ₀ (maml, ml3+maml)
     tensorboard/      scalars, with ``config.tensorboard``
@@ -372,8 +373,10 @@ def train_one(
         trainer.optimizer,
         learner=trainer.learner if config.learns_init else None,
         init_optimizer=trainer.init_optimizer,
+        task_state=dict(task.checkpoint_state()),
     )
     start = ckpt.restore()
+    task.restore_state(start, ckpt.task_state_restored)
     loss_path = os.path.join(run_dir, "meta_loss.keras")
     learner_path = os.path.join(run_dir, "learner.keras")
     outputs = ([loss_path] if config.learns_loss else []) + ([learner_path] if config.learns_init else [])

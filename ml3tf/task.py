@@ -154,12 +154,16 @@ class Task(abc.ABC):
         return None
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Trackables (variables, Keras models/optimizers) saved with every checkpoint and restored
-        on resume, for tasks whose meta-training state is more than φ (default: none)."""
+        """Trackables (variables, Keras models/optimizers, ``tf.train.experimental.PythonState``)
+        saved with every checkpoint and restored on resume, for tasks whose meta-training state is
+        more than φ (default: none). The objects are live (restored in place); anything built
+        lazily must exist when this returns; values are read at save time."""
         return {}
 
-    def restore_state(self, step: int) -> None:
-        """Called after ``checkpoint_state()`` was restored from the checkpoint of ``step``."""
+    def restore_state(self, step: int, restored: bool) -> None:
+        """Called after a resume from the checkpoint of ``step`` (0: a fresh run); ``restored``:
+        whether ``checkpoint_state()`` was found in it (``False`` for checkpoints written
+        before the task had state)."""
         return None
 
     def describe_options(self) -> dict[str, Any]:

@@ -29,7 +29,9 @@ fitted (``fit_dynamics``, Adam on the normalised Δq) on ``babbling_rollouts`` r
 of uniform random actions, and refitted every ``refit_every`` meta-steps on all data so far
 plus one real rollout per training goal of the adapted policy θ₁ (as the authors do every
 300 meta-steps). The refit runs between compiled calls of ``MetaTrainer.run_steps``, through
-the generic task hook ``before_meta_steps(trainer, first_step, count)``.
+the generic task hook ``before_meta_steps(trainer, first_step, count)``. The model's weights,
+its Adam state, the transitions and the refit counters go into every checkpoint
+(``checkpoint_state``/``restore_state``), so a killed run resumes exactly where it stopped.
 
 **Meta-train** (per goal; the policy is the learner, re-initialised every meta-step):
 
@@ -69,6 +71,8 @@ import ml3tf.tasks.rl_env as rl_env
 
 # isort: split
 
+import io
+import json
 import logging
 import math
 import time
@@ -295,32 +299,7 @@ def fit_dynamics(
     model.set_delta_scale(delta)
     x = np.concatenate([q, a], -1).astype(np.float32)
     y = (delta / model.delta_scale.numpy()).astype(np.float32)
-    fit = model.__dict__.get("_ml3tf_fit")
-    if fit is None:
-        opt = keras.optimizers.Adam(learning_rate)
-        opt.build(model.trainable_variables)
-
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, x.shape[1]], tf.float32),
-                tf.TensorSpec([None, y.shape[1]], tf.float32),
-                tf.TensorSpec([None, None], tf.int32),
-            ]
-        )
-        def run(x, y, order):
-            def body(i, total):
-                idx = order[i]
-                xb, yb = tf.gather(x, idx), tf.gather(y, idx)
-                with tf.GradientTape() as tape:
-                    loss = tf.reduce_mean(tf.square(model.normalized_delta(xb) - yb))
-                grads = tape.gradient(loss, model.trainable_variables)
-                opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-                return i + 1, loss
-
-            _, last = tf.while_loop(lambda i, _: i < tf.shape(order)[0], body, (0, tf.constant(0.0)))
-            return last
-
-        fit = model.__dict__["_ml3tf_fit"] = (opt, run)
+    fit = _dynamics_fit(model, learning_rate)
     if fresh_optimizer:
         for v in fit[0].variables:
             if not v.path.endswith("learning_rate"):
@@ -331,6 +310,62 @@ def fit_dynamics(
     per_epoch = max(1, n // bs)
     order = np.stack([rng.permutation(n)[: per_epoch * bs].reshape(per_epoch, bs) for _ in range(epochs)])
     return float(fit[1](tf.constant(x), tf.constant(y), tf.constant(order.reshape(-1, bs), tf.int32)))
+
+
+def _dynamics_fit(model: JointDynamicsModel, learning_rate: float = 1e-3):
+    """``(Adam, compiled fit)`` of ``model``, made on the first call (which fixes the rate)."""
+    fit = model.__dict__.get("_ml3tf_fit")
+    if fit is not None:
+        return fit
+    opt = keras.optimizers.Adam(learning_rate)
+    opt.build(model.trainable_variables)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, 3 * model.n_joints], tf.float32),
+            tf.TensorSpec([None, 2 * model.n_joints], tf.float32),
+            tf.TensorSpec([None, None], tf.int32),
+        ]
+    )
+    def run(x, y, order):
+        def body(i, total):
+            idx = order[i]
+            xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(model.normalized_delta(xb) - yb))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return i + 1, loss
+
+        _, last = tf.while_loop(lambda i, _: i < tf.shape(order)[0], body, (0, tf.constant(0.0)))
+        return last
+
+    fit = model.__dict__["_ml3tf_fit"] = (opt, run)
+    return fit
+
+
+class _PythonSide(tf.train.experimental.PythonState):
+    """The reacher's Python-side state in a checkpoint, serialised when it is saved: the
+    transitions so far (float64, as collected), the seed the dynamics model was fitted for,
+    the last refit's step and the fit log. A restore leaves it in ``loaded`` for
+    ``ReacherTask.restore_state``."""
+
+    def __init__(self, task: ReacherTask) -> None:
+        self._task = task
+        self.loaded: tuple[dict[str, np.ndarray], dict] | None = None
+
+    def serialize(self) -> bytes:
+        t = self._task
+        empty = (np.zeros((0, 4)), np.zeros((0, 2)), np.zeros((0, 4)))
+        q, a, q_next = (np.concatenate(p) for p in zip(*t._dataset, strict=True)) if t._dataset else empty
+        meta = {"fitted_seed": t._fitted_seed, "last_refit": t._last_refit, "dynamics_log": t.dynamics_log}
+        out = io.BytesIO()
+        np.savez(out, q=q, a=a, q_next=q_next, meta=np.array(json.dumps(meta)))
+        return out.getvalue()
+
+    def deserialize(self, string_value: bytes) -> None:
+        with np.load(io.BytesIO(string_value), allow_pickle=False) as z:
+            self.loaded = {k: z[k] for k in ("q", "a", "q_next")}, json.loads(str(z["meta"]))
 
 
 # --- the task -------------------------------------------------------------------------------
@@ -443,6 +478,8 @@ class ReacherTask(Task):
         self.dynamics_log: list[dict] = []
         self._fitted_seed: int | None = None
         self._last_refit = -1
+        self._python_side = _PythonSide(self)
+        self._state_missing = False  # resumed from a checkpoint without the state below
         self.input_scale = tf.constant(POLICY_INPUT_SCALE, tf.float32)
 
     def default_config(self) -> MetaTrainConfig:
@@ -570,22 +607,65 @@ class ReacherTask(Task):
         log.info("reacher: dynamics model fitted on %d transitions (loss %.4g)", len(q), loss)
         return loss
 
+    # --- resumable runs: the dynamics model and its data go into every checkpoint ------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a resumed run needs besides φ (``ml3tf.run`` saves it in every checkpoint): the
+        dynamics model's weights (σ too), the Adam state its refits continue from, and the Python
+        side (transitions, fitted seed, last refit, fit log; ``_PythonSide``).
+
+        The weights go in as a list: TensorFlow's checkpoint does not see into the Keras 3
+        model's list of hidden layers (only ``output_layer`` and σ would be saved by name).
+        """
+        return {
+            "dynamics_weights": list(self.dynamics.weights),
+            "dynamics_optimizer": _dynamics_fit(self.dynamics)[0],
+            "python_side": self._python_side,
+        }
+
+    def restore_state(self, step: int, restored: bool) -> None:
+        """After a checkpoint of ``step`` meta-steps was restored: the Python side back from it.
+
+        ``restored=False`` with ``step > 0`` (a checkpoint written before the reacher saved its
+        state): the next chunk refits the dynamics model on babbling only, with a warning.
+        """
+        loaded, self._python_side.loaded = self._python_side.loaded, None
+        if restored and loaded is not None:
+            arrays, meta = loaded
+            self._dataset = [(arrays["q"], arrays["a"], arrays["q_next"])] if len(arrays["q"]) else []
+            self._fitted_seed, self._last_refit = meta["fitted_seed"], meta["last_refit"]
+            self.dynamics_log[:] = meta["dynamics_log"]
+            self._state_missing = False
+        elif step:
+            self._fitted_seed, self._state_missing = None, True
+
     def before_meta_steps(self, trainer: Any, first_step: int, count: int) -> None:
         """MetaTrainer hook, run before each compiled chunk of meta-steps.
 
         At step 0 (or for a new seed) the dynamics model is fitted on fresh babbling; when
         the chunk contains a multiple of ``refit_every``, the adapted policy θ₁ of every
         training goal (θ₀ as the trainer draws it at that step) is rolled out in the real
-        environment and the model refitted on all transitions so far.
+        environment and the model refitted on all transitions so far. A run resumed by
+        ``ml3tf.run`` has its model, data and counters back (``restore_state``) and goes on.
         """
         seed = int(trainer.config.seed)
         if first_step == 0 or self._fitted_seed != seed:
+            if first_step and self._state_missing:
+                log.warning(
+                    "reacher: resumed at step %d from a checkpoint without the dynamics model's state "
+                    "(an older ml3tf): it is refitted on babbling only, so the run will not match an "
+                    "uninterrupted one",
+                    first_step,
+                )
+            elif first_step:
+                log.warning(
+                    "reacher: at step %d the dynamics model does not hold seed %d's fit (a meta-test "
+                    "refitted it?): refitted on babbling only",
+                    first_step,
+                    seed,
+                )
             self.fit_babbling(seed)
             self._fitted_seed, self._last_refit = seed, 0
-            if first_step:
-                log.warning(
-                    "reacher: resumed at step %d with a dynamics model refitted on babbling only", first_step
-                )
+            self._state_missing = False
         every = self.options.refit_every
         if not every:
             return

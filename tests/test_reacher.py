@@ -7,6 +7,7 @@ import ml3tf.tasks.rl_env
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ import tensorflow as tf
 import ml3tf
 from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
+from ml3tf.meta_loss import load_meta_loss
 from ml3tf.models.dynamics import JointDynamicsModel
+from ml3tf.run import train_one
 from ml3tf.tasks import reacher as R
 
 TINY = dict(
@@ -219,6 +222,56 @@ def test_tiny_end_to_end_run_refits_and_writes_results(tmp_path, tiny_task):
     assert os.path.exists(run.meta_loss_paths[0])
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 4 and all(np.isfinite(s["task_loss"]) for s in steps)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, caplog):
+    """Killed after the checkpoint at step 4 (the dynamics refitted at 2 and at 4), then resumed in a
+    fresh task (a new process): the same metrics, φ, dynamics model and refits, bit for bit."""
+    cfg = tasks.get("reacher", **TINY).default_config()
+    cfg = cfg.replace(meta_steps=6, steps_per_call=2, checkpoint_every=2)
+    ref_task = tasks.get("reacher", **TINY)
+    train_one(ref_task, cfg, str(tmp_path / "ref"))
+
+    def stop_at_4(seed, step, info):
+        if step == 4:  # the chunk 4–5 (and its refit at 4) ran; the last checkpoint holds 4 steps
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_one(tasks.get("reacher", **TINY), cfg, str(tmp_path / "cut"), on_step=stop_at_4)
+    cut_task = tasks.get("reacher", **TINY)  # nothing in memory survives the kill
+    with caplog.at_level("WARNING", logger="ml3tf"):
+        train_one(cut_task, cfg, str(tmp_path / "cut"))
+    assert "babbling only" not in caplog.text  # restored, not refitted
+
+    def metrics(run):
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    assert [m["step"] for m in metrics("ref")] == list(range(6))
+    # exact: the resumed process replays the same float32 ops on the same restored values
+    assert metrics("cut") == metrics("ref")
+    ref_phi = load_meta_loss(str(tmp_path / "ref" / "meta_loss.keras"))
+    cut_phi = load_meta_loss(str(tmp_path / "cut" / "meta_loss.keras"))
+    for a, b in zip(ref_phi.weights, cut_phi.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    for a, b in zip(ref_task.dynamics.weights, cut_task.dynamics.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert [(r["step"], r["fresh"]) for r in ref_task.dynamics_log] == [(0, True), (2, False), (4, False)]
+    assert cut_task.dynamics_log == ref_task.dynamics_log  # the same fits, on the same data, same losses
+
+
+def test_resume_from_a_checkpoint_without_the_dynamics_state_refits_on_babbling_and_warns(caplog):
+    task = tasks.get("reacher", **{**TINY, "refit_every": 0})
+    trainer = SimpleNamespace(config=SimpleNamespace(seed=0))
+    task.before_meta_steps(trainer, 0, 2)  # an earlier fit in this process must not be kept
+    task.restore_state(4, False)  # ml3tf.run: a checkpoint of 4 steps, written without task/
+    with caplog.at_level("WARNING", logger="ml3tf"):
+        task.before_meta_steps(trainer, 4, 2)
+    assert "without the dynamics model's state" in caplog.text
+    assert [(r["step"], r["fresh"]) for r in task.dynamics_log] == [(0, True), (0, True)]
 
 
 @pytest.mark.parametrize(

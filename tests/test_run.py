@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import ml3tf
 from ml3tf import tasks
@@ -80,6 +81,68 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     cut = load_meta_loss(str(tmp_path / "cut" / "meta_loss.keras"))
     for a, b in zip(ref.weights, cut.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+class _Stateful(ToyTask):
+    """A task with state of its own: its loss scales with the compiled chunks it has run so far."""
+
+    def __init__(self, declares_state=True):
+        super().__init__(learner="smooth", meta_loss="network")
+        self.chunks = tf.Variable(0.0)
+        self.declares_state = declares_state
+        self.restored = []
+
+    def before_meta_steps(self, trainer, first_step, count):
+        self.chunks.assign_add(1.0)
+
+    def task_loss(self, learner, params, state, data):
+        return (1.0 + 0.5 * self.chunks) * super().task_loss(learner, params, state, data)
+
+    def checkpoint_state(self):
+        return {"chunks": self.chunks} if self.declares_state else {}
+
+    def restore_state(self, step, restored):
+        self.restored.append((step, restored))
+
+
+def _stateful_run(out, declares_state=True, on_step=None):
+    task = _Stateful(declares_state)
+    cfg = task.default_config().replace(meta_steps=6, checkpoint_every=2)
+    train_one(task, cfg, str(out), on_step=on_step)
+    return task
+
+
+def _stop_at_4(seed, step, info):
+    if step == 4:
+        raise _Interrupt
+
+
+def test_resume_restores_the_task_state_from_the_same_checkpoint(tmp_path):
+    ref = _stateful_run(tmp_path / "ref")
+    assert ref.restored == [(0, False)] and float(ref.chunks.numpy()) == 3.0
+    with pytest.raises(_Interrupt):
+        _stateful_run(tmp_path / "cut", on_step=_stop_at_4)
+    cut = _stateful_run(tmp_path / "cut")  # a fresh task: chunks 0 until restored
+    assert cut.restored == [(4, True)] and float(cut.chunks.numpy()) == 3.0
+    assert _metrics(tmp_path / "cut" / "metrics.jsonl") == _metrics(tmp_path / "ref" / "metrics.jsonl")
+    # a truncated newest checkpoint: φ, the optimizer and the task state all come from the one before
+    (tmp_path / "cut" / "meta_loss.keras").unlink()
+    for p in (tmp_path / "cut" / "checkpoints").glob("ckpt-6.data*"):
+        p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 3)])
+    again = _stateful_run(tmp_path / "cut")
+    assert again.restored == [(4, True)] and float(again.chunks.numpy()) == 3.0
+    assert _metrics(tmp_path / "cut" / "metrics.jsonl") == _metrics(tmp_path / "ref" / "metrics.jsonl")
+
+
+def test_a_checkpoint_without_the_task_state_resumes_and_says_so(tmp_path):
+    ref = _stateful_run(tmp_path / "ref")
+    with pytest.raises(_Interrupt):
+        _stateful_run(tmp_path / "old", declares_state=False, on_step=_stop_at_4)  # an older ml3tf
+    old = _stateful_run(tmp_path / "old")
+    assert old.restored == [(4, False)] and float(old.chunks.numpy()) == 1.0  # the task starts over
+    ref_lines, old_lines = (_metrics(tmp_path / d / "metrics.jsonl") for d in ("ref", "old"))
+    assert old_lines[:4] == ref_lines[:4] and old_lines[4] != ref_lines[4]
+    assert float(ref.chunks.numpy()) == 3.0
 
 
 def test_rerun_of_a_finished_run_does_not_train_again(tmp_path):
