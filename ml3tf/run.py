@@ -371,7 +371,7 @@ def train_one(
         os.path.join(run_dir, "checkpoints"),
         trainer.meta_loss,
         trainer.optimizer,
-        learner=trainer.learner if config.learns_init else None,
+        learner=trainer.learner.model if config.learns_init else None,
         init_optimizer=trainer.init_optimizer,
         task_state=dict(task.checkpoint_state()),
     )
@@ -412,7 +412,11 @@ def train_one(
                     [trainer.meta_loss] if config.learns_loss else [],
                     config,
                     [config.seed],
-                    **({"initial_params": [_learner_params(trainer.learner)]} if config.learns_init else {}),
+                    **(
+                        {"initial_params": [_learner_params(trainer.learner.model)]}
+                        if config.learns_init
+                        else {}
+                    ),
                 )
                 line: dict[str, Any] = {"step": step - 1, "eval": json_safe(res["final"])}
                 diverged = first_non_finite(res)
@@ -434,7 +438,7 @@ def train_one(
     if config.learns_loss:
         save_meta_loss(trainer.meta_loss, loss_path)
     if config.learns_init:
-        save_meta_loss(trainer.learner, learner_path)
+        save_meta_loss(trainer.learner.model, learner_path)
     _write_record(run_dir, record)  # describes the files just written
     return outputs[0]
 
