@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.checkpoint import Checkpointer
+from ml3tf.engine import per_seed
 from ml3tf.lock import LOCK_NAME, RunDirLock
 from ml3tf.meta_loss import load_meta_loss
 from ml3tf.meta_trainer import MetaStepInfo, MetaTrainConfig, MetaTrainer
@@ -548,11 +549,8 @@ def _evaluate_locked(
     learner_paths: Sequence[str] | None = None,
 ) -> dict:
     seeds = check_seeds(seeds)
-    for name, given in (("meta-loss", meta_loss_paths), ("learner", learner_paths)):
-        if given and len(given) not in (1, len(seeds)):
-            raise ValueError(
-                f"got {len(given)} {name} files for {len(seeds)} seeds: give one, or one per seed"
-            )
+    for name, given in (("meta-loss files", meta_loss_paths), ("learner files", learner_paths)):
+        per_seed(given or None, seeds, name)  # one, or one per seed (before loading anything)
     if not meta_loss_paths and not learner_paths:
         raise ValueError("give at least one meta-loss file or learner file")
     losses = [load_meta_loss(p) for p in meta_loss_paths]
