@@ -149,6 +149,8 @@ class MetaTrainConfig:
         _at_least("meta_steps", self.meta_steps, 1)
         _at_least("meta_batch_size", self.meta_batch_size, 1)
         _at_least("seed", self.seed, 0)
+        if self.seed >= 2**32:  # NumPy's and Keras' global seeding take 32 bits
+            raise ValueError(f"seed must be an integer < 2**32, got {self.seed!r}")
         _at_least("eval_steps", self.eval_steps, 1)
         _at_least("eval_every", self.eval_every, 0)
         _at_least("checkpoint_every", self.checkpoint_every, 1)

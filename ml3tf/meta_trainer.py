@@ -98,6 +98,11 @@ class MetaTrainer:
     with ``tf.function``, XLA with ``config.jit_compile``), ``run_steps`` (many meta-steps in one
     compiled call) — each also under a ``tf.distribute`` strategy.
 
+    Attributes: ``meta_loss`` (M_φ, a Keras model), ``learner`` (the learner's ``FunctionalModel``,
+    as every task method sees it; ``learner.model`` is the Keras model, whose variables are θ_0
+    when ``config.learns_init``), ``optimizer`` / ``init_optimizer`` (the outer optimizers of φ
+    and θ_0), ``update`` (the update rule), ``inner_optimizer``.
+
     Constructing a trainer does not touch the global random state: φ's initial weights are
     drawn as after ``keras.utils.set_random_seed(config.seed)`` inside ``ml3tf.seeds.seeded``.
 
@@ -142,8 +147,7 @@ class MetaTrainer:
             raise ValueError(f"meta_update='online' runs on one device; got strategy={config.strategy!r}")
         with self.strategy.scope(), seeded(config.seed):  # φ and its slots are mirrored under a strategy
             self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
-            self.learner = task.make_learner()
-            self.functional = FunctionalModel(self.learner)
+            self.learner = FunctionalModel(task.make_learner())
             if config.meta_optimizer == "adam":
                 self.optimizer = keras.optimizers.Adam(config.meta_lr)
             else:
@@ -153,7 +157,7 @@ class MetaTrainer:
             self.init_optimizer = None
             if config.learns_init:
                 self.init_optimizer = keras.optimizers.Adam(config.init_lr)
-                self.init_optimizer.build(self.learner.trainable_variables)
+                self.init_optimizer.build(self.learner.model.trainable_variables)
         self.inner_optimizer = make_inner_optimizer(
             config.inner_optimizer, config.inner_lr, config.inner_momentum
         )
@@ -177,7 +181,7 @@ class MetaTrainer:
         for v, w in zip(self.meta_loss.weights, fresh.weights, strict=True):
             v.assign(w)
         if self.config.learns_init:
-            for v, w in zip(self.learner.weights, fresh_learner.weights, strict=True):
+            for v, w in zip(self.learner.model.weights, fresh_learner.weights, strict=True):
                 v.assign(w)
         for opt in (self.optimizer, self.init_optimizer):
             for v in [] if opt is None else opt.variables:
@@ -190,7 +194,7 @@ class MetaTrainer:
         """What the outer loop updates: φ (``ml3``), θ_0 (``maml``) or φ then θ_0 (``ml3+maml``)."""
         out = list(self.meta_loss.trainable_variables) if self.config.learns_loss else []
         if self.config.learns_init:
-            out += list(self.learner.trainable_variables)
+            out += list(self.learner.model.trainable_variables)
         return out
 
     def inner_loss_fn(self, data: dict):
@@ -200,10 +204,10 @@ class MetaTrainer:
         (``task.baseline_inner_loss``, e.g. MSE).
         """
         if not self.config.learns_loss:
-            return lambda params, state: self.task.baseline_inner_loss(self.functional, params, state, data)
+            return lambda params, state: self.task.baseline_inner_loss(self.learner, params, state, data)
 
         def loss_fn(params, state):
-            feats, new_state = self.task.meta_loss_inputs(self.functional, params, state, data)
+            feats, new_state = self.task.meta_loss_inputs(self.learner, params, state, data)
             per_example = self.meta_loss(feats)
             return tf.reduce_mean(per_example), new_state
 
@@ -212,7 +216,7 @@ class MetaTrainer:
     def adapt(self, params0: list, data: dict, state: list | None = None):
         """θ_K after ``config.inner_steps`` differentiable steps on the learned loss."""
         cfg = self.config
-        state = self.functional.state() if state is None else state
+        state = self.learner.state() if state is None else state
         return unroll(
             self.inner_loss_fn(data),
             params0,
@@ -228,17 +232,17 @@ class MetaTrainer:
 
     def initial_params(self, init_seeds: Any) -> list[list[tf.Tensor]]:
         """θ_0 of each task in the meta-batch from its stateless seed (``init_seeds``: ``(B, 2)``)."""
-        return [self.functional.init_params(init_seeds[b]) for b in range(len(init_seeds))]
+        return [self.learner.init_params(init_seeds[b]) for b in range(len(init_seeds))]
 
     def query_objective(
         self, params, state, query: dict, extra: dict
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """``(β·L_task + γ·L_extra, L_task, L_extra)`` of the adapted learner θ = ``params``."""
         cfg = self.config
-        lt = self.task.task_loss(self.functional, params, state, query)
+        lt = self.task.task_loss(self.learner, params, state, query)
         le = tf.zeros_like(lt)
         if cfg.extra_loss_weight:
-            extra_loss = self.task.extra_loss(self.functional, params, state, query, extra)
+            extra_loss = self.task.extra_loss(self.learner, params, state, query, extra)
             if extra_loss is None:
                 raise ValueError(
                     f"extra_loss_weight={cfg.extra_loss_weight} but task {self.task.name!r} has no extra_loss"
@@ -265,7 +269,7 @@ class MetaTrainer:
         """
         b = batch.batch_size
         if self.config.learns_init:
-            theta0 = [tf.identity(v) for v in self.learner.trainable_variables]
+            theta0 = [tf.identity(v) for v in self.learner.model.trainable_variables]
             params0s = [theta0] * b
         elif isinstance(init_seeds, list):
             params0s = init_seeds
@@ -339,7 +343,7 @@ class MetaTrainer:
                 )
             if self.init_optimizer is not None:
                 self.init_optimizer.apply_gradients(
-                    zip(grads[n_phi:], self.learner.trainable_variables, strict=True)
+                    zip(grads[n_phi:], self.learner.model.trainable_variables, strict=True)
                 )
             return tf.constant(True)
 
@@ -550,7 +554,7 @@ class OnlineUpdate:
         per_task = []
         for b, params in enumerate(params0s):
             data = tuple({k: v[b] for k, v in d.items()} for d in (support, query, extra))
-            state = t.functional.state()
+            state = t.learner.state()
             opt_state = t.inner_optimizer.init(params)
             params, state, opt_state, ok, info = sub_update(params, state, opt_state, ok, data)
             first_inner, norm_sum = info.initial_loss, info.meta_grad_norm

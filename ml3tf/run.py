@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.checkpoint import Checkpointer
+from ml3tf.engine import per_seed
 from ml3tf.lock import LOCK_NAME, RunDirLock
 from ml3tf.meta_loss import load_meta_loss
 from ml3tf.meta_trainer import MetaStepInfo, MetaTrainConfig, MetaTrainer
@@ -371,7 +372,7 @@ def train_one(
         os.path.join(run_dir, "checkpoints"),
         trainer.meta_loss,
         trainer.optimizer,
-        learner=trainer.learner if config.learns_init else None,
+        learner=trainer.learner.model if config.learns_init else None,
         init_optimizer=trainer.init_optimizer,
         task_state=dict(task.checkpoint_state()),
     )
@@ -412,7 +413,11 @@ def train_one(
                     [trainer.meta_loss] if config.learns_loss else [],
                     config,
                     [config.seed],
-                    **({"initial_params": [_learner_params(trainer.learner)]} if config.learns_init else {}),
+                    **(
+                        {"initial_params": [_learner_params(trainer.learner.model)]}
+                        if config.learns_init
+                        else {}
+                    ),
                 )
                 line: dict[str, Any] = {"step": step - 1, "eval": json_safe(res["final"])}
                 diverged = first_non_finite(res)
@@ -434,7 +439,7 @@ def train_one(
     if config.learns_loss:
         save_meta_loss(trainer.meta_loss, loss_path)
     if config.learns_init:
-        save_meta_loss(trainer.learner, learner_path)
+        save_meta_loss(trainer.learner.model, learner_path)
     _write_record(run_dir, record)  # describes the files just written
     return outputs[0]
 
@@ -544,11 +549,8 @@ def _evaluate_locked(
     learner_paths: Sequence[str] | None = None,
 ) -> dict:
     seeds = check_seeds(seeds)
-    for name, given in (("meta-loss", meta_loss_paths), ("learner", learner_paths)):
-        if given and len(given) not in (1, len(seeds)):
-            raise ValueError(
-                f"got {len(given)} {name} files for {len(seeds)} seeds: give one, or one per seed"
-            )
+    for name, given in (("meta-loss files", meta_loss_paths), ("learner files", learner_paths)):
+        per_seed(given or None, seeds, name)  # one, or one per seed (before loading anything)
     if not meta_loss_paths and not learner_paths:
         raise ValueError("give at least one meta-loss file or learner file")
     losses = [load_meta_loss(p) for p in meta_loss_paths]

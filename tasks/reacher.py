@@ -682,9 +682,9 @@ class ReacherTask(Task):
         o = self.options
         for b in range(len(self.train_targets)):
             one = batch.task(b)
-            params = trainer.adapt(trainer.functional.init_params(seeds[b]), _tensors(one.support)).params
+            params = trainer.adapt(trainer.learner.init_params(seeds[b]), _tensors(one.support)).params
             env = make_reacher_environment(o.train_goals[b], o.start, o.horizon, seed=seed)
-            episodes = self.real_rollouts(env, trainer.learner, params, self.train_targets[b], 1)
+            episodes = self.real_rollouts(env, trainer.learner.model, params, self.train_targets[b], 1)
             self._dataset.append(transitions(episodes))
         self._refit(max(1, o.dynamics_epochs // 3), _REFIT_STREAM * 1000 + step, step=step)
         self._last_refit = step

@@ -129,6 +129,8 @@ def test_meta_train_and_meta_test_seeds_never_collide_and_do_not_overflow():
     assert not np.array_equal(f.init_params(big[0])[0].numpy(), f.init_params(wrapped)[0].numpy())
     with pytest.raises(ValueError, match="first"):
         meta_test_seeds(0, 1, first=META_TEST_BLOCK)
+    with pytest.raises(ValueError, match=r"seed must be an integer < 2\*\*32"):
+        MetaTrainConfig(seed=2**32)
 
 
 def test_mountain_car_test_policies_use_the_common_meta_test_seeds():

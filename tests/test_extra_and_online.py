@@ -20,7 +20,7 @@ def _weights(trainer):
 def _linear_data(trainer, batch, b=0):
     x = batch.support["x"][b].astype(np.float64).ravel()
     y = batch.support["y"][b].astype(np.float64).ravel()
-    w0 = float(trainer.functional.init_params(trainer.init_seeds(0)[b])[0].numpy().squeeze())
+    w0 = float(trainer.learner.init_params(trainer.init_seeds(0)[b])[0].numpy().squeeze())
     return x, y, w0
 
 
@@ -157,8 +157,8 @@ def test_online_sub_update_matches_finite_differences(float64):
     cfg = MetaTrainConfig(inner_lr=0.3, task_loss_weight=0.8, extra_loss_weight=0.1, meta_update="online")
     trainer = MetaTrainer(task, cfg)
     one = task.sample(0, 0, 1).task(0)
-    params = [p + 0.1 for p in trainer.functional.init_params([1, 2])]  # some θ_k
-    state = trainer.functional.state()
+    params = [p + 0.1 for p in trainer.learner.init_params([1, 2])]  # some θ_k
+    state = trainer.learner.state()
 
     def objective():
         out = trainer.update._gradient(params, state, (), one.support, one.query, one.extra)
@@ -186,7 +186,7 @@ def test_online_sub_update_matches_finite_differences(float64):
 def _hand_written_online(task, cfg, steps):
     """The online protocol written out with tapes and a Keras Adam (no MetaTrainer math)."""
     ref = MetaTrainer(task, cfg)  # only for φ's init, the learner and θ_0
-    meta_loss, f = ref.meta_loss, ref.functional
+    meta_loss, f = ref.meta_loss, ref.learner
     opt = keras.optimizers.Adam(cfg.meta_lr)
     alpha = cfg.inner_lr
     for step in range(steps):
@@ -286,7 +286,7 @@ def test_linear_output_bias_gets_a_zero_gradient_not_an_error(meta_update):
         grads, _ = trainer.meta_gradient(task.sample(0, 0, 1), trainer.init_seeds(0))
     else:
         one = task.sample(0, 0, 1).task(0)
-        params = trainer.functional.init_params([0, 0])
+        params = trainer.learner.init_params([0, 0])
         grads = trainer.update._gradient(params, [], (), one.support, one.query, one.extra)[0]
     assert np.all(grads[-1].numpy() == 0)
     assert all(np.any(g.numpy() != 0) for g in grads[:-1])

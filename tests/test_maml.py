@@ -23,7 +23,7 @@ def test_maml_meta_gradient_matches_finite_differences(float64, method, steps):
     cfg = MetaTrainConfig(inner_steps=steps, inner_lr=0.3, meta_batch_size=2, method=method)
     trainer = MetaTrainer(task, cfg)
     n_phi = len(trainer.meta_loss.trainable_variables) if method == "ml3+maml" else 0
-    assert len(trainer.meta_variables) == n_phi + len(trainer.learner.trainable_variables)
+    assert len(trainer.meta_variables) == n_phi + len(trainer.learner.model.trainable_variables)
     assert directional_check(trainer, task.sample(0, 0, 2), trainer.init_seeds(0)) < 1e-5
 
 
@@ -35,11 +35,11 @@ def test_first_order_maml_is_the_query_gradient_at_the_adapted_params(float64):
     batch = task.sample(0, 0, 1)
     grads, _ = trainer.meta_gradient(batch, trainer.init_seeds(0))
     one = batch.task(0)
-    res = trainer.adapt(trainer.functional.params(), one.support)
+    res = trainer.adapt(trainer.learner.params(), one.support)
     theta_k = [tf.convert_to_tensor(p) for p in res.params]
     with tf.GradientTape() as tape:
         tape.watch(theta_k)
-        loss = task.task_loss(trainer.functional, theta_k, res.state, one.query)
+        loss = task.task_loss(trainer.learner, theta_k, res.state, one.query)
     expected = tape.gradient(loss, theta_k)
     for g, e in zip(grads, expected, strict=True):
         np.testing.assert_allclose(g.numpy(), e.numpy(), rtol=1e-10, atol=1e-14)
@@ -55,7 +55,7 @@ def test_ml3_plus_maml_gradients_reach_theta0_and_phi():
     grads, _ = trainer.meta_gradient(task.sample(0, 0, 2), trainer.init_seeds(0))
     variables = trainer.meta_variables
     n_phi = len(trainer.meta_loss.trainable_variables)
-    assert len(grads) == len(variables) == n_phi + len(trainer.learner.trainable_variables)
+    assert len(grads) == len(variables) == n_phi + len(trainer.learner.model.trainable_variables)
     for g, v in zip(grads, variables, strict=True):
         assert np.any(g.numpy() != 0), f"{v.path} got no gradient"
     # one compiled step moves both θ₀ and φ

@@ -19,7 +19,7 @@ def test_golden_linear_learner_scaled_square_loss(float64):
     trainer = MetaTrainer(task, cfg)
     batch = task.sample(0, 0, 1)
     seeds = trainer.init_seeds(0)
-    w0 = float(trainer.functional.init_params(seeds[0])[0].numpy().squeeze())
+    w0 = float(trainer.learner.init_params(seeds[0])[0].numpy().squeeze())
     x = batch.support["x"][0].astype(np.float64).ravel()
     y = batch.support["y"][0].astype(np.float64).ravel()
 
@@ -28,7 +28,7 @@ def test_golden_linear_learner_scaled_square_loss(float64):
     loss = np.mean((w1 * x - y) ** 2)
     dloss_dphi = np.mean(2 * (w1 * x - y) * x) * (-alpha * np.mean(2 * (w0 * x - y) * x))
 
-    res = trainer.adapt(trainer.functional.init_params(seeds[0]), {k: v[0] for k, v in batch.support.items()})
+    res = trainer.adapt(trainer.learner.init_params(seeds[0]), {k: v[0] for k, v in batch.support.items()})
     # float64 against float64 closed forms: means of 16 terms and a few products, ~16·eps·|value|
     # = 4e-15 relative (measured ≤ 2e-16); the gradient is a product of two such means, hence
     # rtol 1e-10 there. A wrong sign, factor or step is off by ≥ 1e-3.
@@ -77,7 +77,7 @@ def test_unroll_equals_hand_written_math():
     trainer = MetaTrainer(task, task.default_config().replace(inner_steps=k, inner_lr=alpha))
     batch = task.sample(0, 0, 1)
     data = {key: v[0] for key, v in batch.support.items()}
-    params0 = trainer.functional.init_params([3, 4])
+    params0 = trainer.learner.init_params([3, 4])
     x, y = tf.constant(data["x"]), tf.constant(data["y"])
     a1, a2, a3 = [v for v in trainer.meta_loss.trainable_variables]
 
@@ -102,7 +102,7 @@ def test_unroll_equals_hand_written_math():
 
     with tf.GradientTape() as outer:
         res = trainer.adapt(params0, data)
-        ours = task.task_loss(trainer.functional, res.params, res.state, data)
+        ours = task.task_loss(trainer.learner, res.params, res.state, data)
     our_grads = outer.gradient(ours, [a1, a2, a3])
     # float32, the same math through Keras layers and through hand-written ops: the kernels may
     # round differently (u·Σ|terms| per op, a few 1e-7 relative), and 3 SGD steps and their

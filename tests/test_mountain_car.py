@@ -314,7 +314,7 @@ def test_tiny_end_to_end_run(tmp_path):
         assert np.shape(res["trajectories"][split]["learned"]) == (cfg.eval_steps + 1, 6)
     # the train split starts from the meta-train policy θ₀ (learner_init="fixed")
     trainer = ml3tf.MetaTrainer(task, cfg.replace(seed=1))
-    theta0 = trainer.functional.init_params(trainer.init_seeds(5)[0])
+    theta0 = trainer.learner.init_params(trainer.init_seeds(5)[0])
     for got, want in zip(task.train_params(1), theta0, strict=True):
         np.testing.assert_array_equal(got[0], want.numpy())
     metrics = [json.loads(x) for x in (tmp_path / "seed_0" / "metrics.jsonl").read_text().splitlines()]

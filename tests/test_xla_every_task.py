@@ -40,7 +40,7 @@ def test_xla_meta_steps_equal_the_plain_graph(name, method):
         trainer = MetaTrainer(task, cfg.replace(jit_compile=jit))
         infos = trainer.run_steps(0, 2)
         out[jit] = (np.array(infos), [w.copy() for w in trainer.meta_loss.get_weights()])
-        out[jit] += ([w.copy() for w in trainer.learner.get_weights()],)
+        out[jit] += ([w.copy() for w in trainer.learner.model.get_weights()],)
     # float32: XLA fuses and reorders every task's reductions (rollouts, dynamics models, the
     # loss network), so each info value and weight differs by its rounding, a few 1e-7 relative,
     # carried through 2 Adam meta-steps (their step depends on g only through g/√v̂). Measured:
