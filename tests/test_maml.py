@@ -85,7 +85,7 @@ def test_reset_trainer_equals_fresh_trainer_for_maml():
     reused.reset(1)
     fresh = MetaTrainer(task, cfg.replace(seed=1))
     assert reused.run_steps(0, 3) == fresh.run_steps(0, 3)
-    for a, b in zip(reused.learner.weights, fresh.learner.weights, strict=True):
+    for a, b in zip(reused.learner.model.weights, fresh.learner.model.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -107,7 +107,7 @@ def test_tiny_end_to_end_per_method(tmp_path, method):
         assert np.isfinite(res["final"][split]["learned"])
     if method != "ml3":  # the saved learner is the meta-learned θ₀, not the initial one
         saved = ml3tf.run.load_learner(run.learner_paths[0])
-        init = MetaTrainer(task, cfg).learner
+        init = MetaTrainer(task, cfg).learner.model
         assert any(
             np.abs(a.numpy() - b.numpy()).max() > 0 for a, b in zip(saved.weights, init.weights, strict=True)
         )

@@ -131,9 +131,9 @@ def test_meta_gradient_reaches_phi_and_maml_runs():
     ]
     assert all(np.abs(g.numpy()).max() > 0 for g in kernels)
     maml = ml3tf.MetaTrainer(task, cfg.replace(method="maml"))
-    before = [w.copy() for w in maml.learner.get_weights()]
+    before = [w.copy() for w in maml.learner.model.get_weights()]
     assert np.isfinite(maml.meta_step(task.sample(0, 0, 2), 0).task_loss)
-    theta0 = maml.learner.get_weights()
+    theta0 = maml.learner.model.get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(before, theta0, strict=True))
     # meta-test of the MAML θ₀: the learned arm starts there and adapts with REINFORCE
     res = task.evaluate([], cfg.replace(eval_steps=2), [0], initial_params=[theta0])
