@@ -182,8 +182,8 @@ class SupervisedTask(Task):
     """Base class for tasks where the loss network sees ``(ŷ, y)``.
 
     Subclasses provide ``make_learner``, ``make_meta_loss``, ``sample``,
-    ``default_config`` and ``eval_splits(seed)``; they may override ``metric``
-    (the task loss, MSE here), ``eval_metric`` (what meta-test reports as
+    ``default_config`` and ``eval_splits(seed)``; they may override ``prediction_loss``
+    (L_task on predictions, MSE here), ``eval_metric`` (what meta-test reports as
     ``metric_name``; by default the task loss — classification reports accuracy
     but must meta-train on a differentiable loss), ``baseline_loss`` (the
     hand-written loss the learned one is compared with) and ``loss_features``.
@@ -204,17 +204,17 @@ class SupervisedTask(Task):
         n = tf.shape(y_pred)[0]
         return tf.concat([tf.reshape(y_pred, (n, -1)), tf.reshape(y_true, (n, -1))], axis=-1)
 
-    def metric(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
-        """Mean squared error; the task loss."""
+    def prediction_loss(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
+        """L_task on predictions (mean squared error here): ``task_loss`` is this at f_θ(x)."""
         return tf.reduce_mean(tf.square(y_pred - tf.cast(y_true, y_pred.dtype)))
 
     def eval_metric(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
         """The metric meta-test reports (named ``metric_name``); by default ``metric``."""
-        return self.metric(y_pred, y_true)
+        return self.prediction_loss(y_pred, y_true)
 
     def baseline_loss(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
         """The hand-written loss the learned one is compared with (MSE)."""
-        return self.metric(y_pred, y_true)
+        return self.prediction_loss(y_pred, y_true)
 
     def meta_loss_inputs(self, learner, params, state, data):
         y_pred, new_state = learner.apply(params, data["x"], state, training=True)
@@ -222,7 +222,7 @@ class SupervisedTask(Task):
 
     def task_loss(self, learner, params, state, data):
         y_pred, _ = learner.apply(params, data["x"], state, training=True)
-        return self.metric(y_pred, data["y"])
+        return self.prediction_loss(y_pred, data["y"])
 
     def baseline_inner_loss(self, learner, params, state, data):
         """``(baseline_loss(f_θ(x), y), new_state)``: MAML's inner loss on the support set."""

@@ -264,7 +264,7 @@ class ClassificationTask(SupervisedTask):
         """``[softmax(logits), one-hot y]``: class probabilities and label, ``(N, 2C)``."""
         return tf.concat([tf.nn.softmax(y_pred, axis=-1), tf.cast(y_true, y_pred.dtype)], axis=-1)
 
-    def metric(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
+    def prediction_loss(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
         """Cross-entropy of the logits: the (differentiable) task loss."""
         return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(tf.cast(y_true, y_pred.dtype), y_pred))
 
@@ -274,7 +274,7 @@ class ClassificationTask(SupervisedTask):
         return tf.reduce_mean(tf.cast(hit, tf.float32))
 
     def baseline_loss(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
-        return self.metric(y_pred, y_true)
+        return self.prediction_loss(y_pred, y_true)
 
     # --- data ---------------------------------------------------------------------
     def draw_indices(
@@ -346,7 +346,13 @@ class ClassificationTask(SupervisedTask):
         """Accuracy results (results.json schema) plus ``results["loss"]``: cross-entropy after the steps."""
         results = super().evaluate(meta_losses, config, seeds, steps, initial_params)
         loss = super().evaluate(
-            meta_losses, config, seeds, steps, initial_params, metric=self.metric, metric_name="cross_entropy"
+            meta_losses,
+            config,
+            seeds,
+            steps,
+            initial_params,
+            metric=self.prediction_loss,
+            metric_name="cross_entropy",
         )
         results["loss"] = {k: loss[k] for k in ("metric", "higher_is_better", "final", "at_step_1", "curves")}
         results["wall_seconds"] += loss["wall_seconds"]

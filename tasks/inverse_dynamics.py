@@ -173,7 +173,7 @@ class InverseDynamicsTask(SupervisedTask):
         """``[û, u]`` (N, 4): the predicted torques and the measured ones."""
         return super().loss_features(y_pred[:, :2], y_true[:, :2])
 
-    def metric(self, y_pred, y_true):
+    def prediction_loss(self, y_pred, y_true):
         """Torque MSE, mean over points and joints."""
         return tf.reduce_mean(tf.square(y_pred[:, :2] - tf.cast(y_true[:, :2], y_pred.dtype)))
 

@@ -201,7 +201,7 @@ def test_evaluator_reports_eval_metric_on_held_out_query():
         acc0 = binary.eval_metric(f(p, xq[t]), yq[t])
         with tf.GradientTape() as tape:
             tape.watch(p)
-            ce = binary.metric(f(p, xs[t]), ys[t])
+            ce = binary.prediction_loss(f(p, xs[t]), ys[t])
         p1 = [v - 0.5 * g for v, g in zip(p, tape.gradient(ce, p), strict=True)]
         by_hand.append((float(acc0), float(binary.eval_metric(f(p1, xq[t]), yq[t]))))
         for q in (p, p1):
@@ -218,7 +218,12 @@ def test_evaluator_reports_eval_metric_on_held_out_query():
         res["curves"]["train"]["baseline"]["mean"], np.mean(by_hand, axis=0), atol=1e-6
     )
     ce = SupervisedTask.evaluate(
-        binary, [binary.make_meta_loss()], cfg, [0], metric=binary.metric, metric_name="cross_entropy"
+        binary,
+        [binary.make_meta_loss()],
+        cfg,
+        [0],
+        metric=binary.prediction_loss,
+        metric_name="cross_entropy",
     )
     assert ce["metric"] == "cross_entropy" and ce["curves"]["train"]["baseline"]["mean"][0] > 0.1
 
