@@ -25,6 +25,8 @@ import tensorflow as tf
 from ml3tf.config import BACKPROP_MODES, INNER_OPTIMIZERS
 
 Params = list[tf.Tensor]
+#: ``loop="auto"`` unrolls K ≤ this many inner steps as a Python loop, more as a ``tf.while_loop``.
+AUTO_PYTHON_LOOP_MAX = 10
 InnerLossFn = Callable[[Params, Params], tuple[tf.Tensor, Params]]
 
 
@@ -186,7 +188,7 @@ def _advance(loss_fn, params, state, optimizer, opt_state, n: int, loop: str, fi
     """``n`` ≥ 0 inner steps (no loss value returned): a Python loop or a ``tf.while_loop``."""
     if n <= 0:
         return params, state, opt_state
-    if loop == "python" or (loop == "auto" and n <= 10):
+    if loop == "python":
         for _ in range(n):
             params, state, opt_state, _ = inner_step(
                 loss_fn, params, state, optimizer, opt_state, first_order
@@ -336,6 +338,8 @@ def unroll(
         raise ValueError(f"segment_length must be >= 1, got {segment_length!r}")
     if backprop == "truncated" and int(truncate_steps) < 1:
         raise ValueError(f"truncate_steps must be >= 1, got {truncate_steps!r}")
+    if loop == "auto":  # decided once, on K: every part of the unroll uses the same loop
+        loop = "python" if steps <= AUTO_PYTHON_LOOP_MAX else "while"
     params = list(params)
     state = list(state)
     if opt_state is None:

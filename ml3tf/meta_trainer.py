@@ -46,7 +46,7 @@ import tensorflow as tf
 from ml3tf.config import MetaTrainConfig
 from ml3tf.distribute import make_strategy
 from ml3tf.functional import FunctionalModel
-from ml3tf.inner import inner_step, make_inner_optimizer, unroll
+from ml3tf.inner import AUTO_PYTHON_LOOP_MAX, inner_step, make_inner_optimizer, unroll
 from ml3tf.seeds import meta_train_seeds, seeded
 from ml3tf.task import Task, TaskBatch
 
@@ -558,7 +558,9 @@ class OnlineUpdate:
             opt_state = t.inner_optimizer.init(params)
             params, state, opt_state, ok, info = sub_update(params, state, opt_state, ok, data)
             first_inner, norm_sum = info.initial_loss, info.meta_grad_norm
-            if t.config.unroll_loop == "python" or (t.config.unroll_loop == "auto" and k_steps <= 10):
+            if t.config.unroll_loop == "python" or (
+                t.config.unroll_loop == "auto" and k_steps <= AUTO_PYTHON_LOOP_MAX
+            ):
                 for _ in range(k_steps - 1):
                     params, state, opt_state, ok, info = sub_update(params, state, opt_state, ok, data)
                     norm_sum = norm_sum + info.meta_grad_norm

@@ -152,3 +152,18 @@ def test_backprop_arguments_are_checked():
         unroll(fn, p, SGD(0.1), steps=2, backprop="segmented", segment_length=0)
     with pytest.raises(ValueError, match="truncate_steps"):
         unroll(fn, p, SGD(0.1), steps=2, backprop="truncated", truncate_steps=0)
+
+
+@pytest.mark.parametrize("steps, want_while", [(10, False), (11, True)])
+def test_auto_loop_is_decided_on_k(steps, want_while):
+    """``loop="auto"``: a Python loop for K ≤ 10 inner steps, a tf.while_loop beyond (K, not K − 1)."""
+
+    @tf.function
+    def run(p0):
+        return unroll(
+            _quadratic(tf.constant([1.0, 2.0, 3.0], tf.float64)), [p0], SGD(0.1), steps=steps
+        ).params
+
+    graph = run.get_concrete_function(tf.TensorSpec((3,), tf.float64)).graph
+    ops = {op.type for op in graph.get_operations()}
+    assert bool(ops & {"While", "StatelessWhile"}) == want_while
