@@ -65,8 +65,14 @@ def architecture_key(meta_loss: keras.Model) -> str:
 
 
 def phi_of(meta_loss: keras.Model | None) -> list[tf.Tensor]:
-    """φ of ``meta_loss`` as tensors (``[]`` for ``None``, a baseline)."""
-    return [] if meta_loss is None else [tf.convert_to_tensor(v) for v in meta_loss.trainable_variables]
+    """The weights of ``meta_loss`` as tensors, trainable (φ) then non-trainable (e.g. BatchNorm
+    statistics), so that one trace evaluates any network of the architecture with its own
+    values; ``[]`` for ``None``, a baseline."""
+    if meta_loss is None:
+        return []
+    return [
+        tf.convert_to_tensor(v) for v in [*meta_loss.trainable_variables, *meta_loss.non_trainable_variables]
+    ]
 
 
 def per_seed(given: Sequence[Any] | None, seeds: Sequence[int], what: str) -> list[Any] | None:
@@ -83,15 +89,23 @@ def per_seed(given: Sequence[Any] | None, seeds: Sequence[int], what: str) -> li
     return given * len(seeds) if len(given) == 1 else given
 
 
+def stateless_outputs(meta_loss: keras.Model, features: Callable[..., tf.Tensor]) -> Callable:
+    """``(phi, *args) ↦ M_φ(features(*args))`` (per example) for any network of ``meta_loss``'s
+    architecture, ``phi`` as ``phi_of`` gives it."""
+    n = len(meta_loss.trainable_variables)
+
+    def outputs(phi, *args):
+        phi = list(phi)
+        out, _ = meta_loss.stateless_call(phi[:n], phi[n:], features(*args))
+        return out
+
+    return outputs
+
+
 def stateless_loss(meta_loss: keras.Model, features: Callable[..., tf.Tensor]) -> Callable:
-    """``(phi, *args) ↦ mean M_φ(features(*args))`` for any network of ``meta_loss``'s architecture."""
-    non_trainable = [tf.convert_to_tensor(v) for v in meta_loss.non_trainable_variables]
-
-    def loss(phi, *args):
-        out, _ = meta_loss.stateless_call(list(phi), non_trainable, features(*args))
-        return tf.reduce_mean(out)
-
-    return loss
+    """``(phi, *args) ↦ mean M_φ(features(*args))`` (see ``stateless_outputs``)."""
+    outputs = stateless_outputs(meta_loss, features)
+    return lambda phi, *args: tf.reduce_mean(outputs(phi, *args))
 
 
 @dataclass

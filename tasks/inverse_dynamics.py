@@ -45,7 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
-from ml3tf.engine import architecture_key, engine_for, per_seed, phi_of
+from ml3tf.engine import architecture_key, engine_for, per_seed, phi_of, stateless_outputs
 from ml3tf.meta_loss import MetaLossNetwork
 from ml3tf.models.inertia import make_inertia_learner
 from ml3tf.results import summarize
@@ -272,13 +272,11 @@ class InverseDynamicsTask(SupervisedTask):
                 return tf.reduce_sum(err * y[:, 5]) / tf.reduce_sum(y[:, 5]), state
         else:
             key = ("learned", architecture_key(meta_loss))
-            non_trainable = [tf.convert_to_tensor(v) for v in meta_loss.non_trainable_variables]
+            m_phi = stateless_outputs(meta_loss, self.loss_features)
 
             def loss(params, state, data, phi):
                 out, y = forward(params, state, data)
-                per_example, _ = meta_loss.stateless_call(
-                    list(phi), non_trainable, self.loss_features(out, y)
-                )
+                per_example = m_phi(phi, out, y)
                 return tf.reduce_sum(per_example[:, 0] * y[:, 5]) / tf.reduce_sum(y[:, 5]), state
 
         xs, ys = self.eval_data(seed)

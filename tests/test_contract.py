@@ -192,3 +192,30 @@ def test_the_task_contract_declares_every_hook_with_a_default():
         assert issubclass(tasks.task_class(name), Task), name
     with pytest.raises(ValueError, match=r"must be an ml3tf\.task\.Task"):
         MetaTrainer(object(), MetaTrainConfig())
+
+
+def test_one_trace_evaluates_each_loss_network_with_its_own_non_trainable_state():
+    """Two loss networks of one architecture that differ only in BatchNorm statistics: the cached
+    trace must not reuse the first network's statistics for the second."""
+
+    def network(variance):
+        net = keras.Sequential(
+            [
+                keras.Input((2,), name="features"),
+                keras.layers.BatchNormalization(name="bn"),  # equal names: one architecture key
+                keras.layers.Dense(1, use_bias=False, name="out"),
+            ]
+        )
+        net.layers[0].moving_variance.assign([variance, 1.0])  # scales ∇_ŷ M
+        net.layers[1].kernel.assign([[1.0], [-0.5]])
+        return net
+
+    cfg = ToyTask().default_config().replace(eval_steps=2, inner_lr=0.05)
+    first, second = network(1.0), network(9.0)
+    shared = ToyTask()
+    shared.evaluate([first], cfg, [0])  # traces with the first network
+    got = shared.evaluate([second], cfg, [0])["curves"]["train"]["learned"]["mean"]
+    alone = ToyTask().evaluate([second], cfg, [0])["curves"]["train"]["learned"]["mean"]
+    np.testing.assert_array_equal(got, alone)
+    first_curve = ToyTask().evaluate([first], cfg, [0])["curves"]["train"]["learned"]["mean"]
+    assert not np.allclose(first_curve, alone)
