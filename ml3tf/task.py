@@ -1,4 +1,4 @@
-"""The Task protocol: the one contract between ``tasks/`` and the algorithm.
+"""The Task contract: the one interface between ``tasks/`` and the algorithm (an ABC).
 
 A task says what is sampled, what the learner is, what the loss network sees and
 what "good" means. ML3's meta-objective for one meta-step is
@@ -7,8 +7,15 @@ what "good" means. ML3's meta-objective for one meta-step is
     L   = β · task.task_loss(f_{θ_K}, query) + γ · task.extra_loss(f_{θ_K}, query, extra)
 
 and everything outside those two lines (sampling, evaluation) belongs to the task.
-``SupervisedTask`` implements the protocol for regression/classification-style
+``Task`` declares every hook ``MetaTrainer``, ``ml3tf.train`` and the meta-test engine
+(``ml3tf.engine``) call; ``SupervisedTask`` implements it for regression/classification-style
 problems, where the loss network sees ``(ŷ, y)``.
+
+Example:
+    >>> from ml3tf import tasks
+    >>> task = tasks.get("sine")
+    >>> isinstance(task, Task), task.describe_options()["mode"]
+    (True, 'paper')
 """
 
 from __future__ import annotations
