@@ -25,7 +25,6 @@ from ml3tf.task import Task
 from tests.test_xla_every_task import SMALL
 from tests.toy import ToyTask
 
-
 HAS_TF_AGENTS = importlib.util.find_spec("tf_agents") is not None
 
 
