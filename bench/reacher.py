@@ -5,19 +5,25 @@
 
 For each seed ``ml3tf.train`` meta-trains a loss on the authors' training goal (the policy is
 trained through a learned dynamics model, refitted on real rollouts every ``refit_every``
-meta-steps), then ``ReacherTask.evaluate`` trains fresh policies on the held-out goals through
+meta-steps), keeping the φ of the window of ``steps_per_call`` (50) meta-steps with the lowest
+mean task loss (``select_every``) and the last φ; then ``ReacherTask.evaluate``, for each of the
+two, trains fresh policies on the training and held-out goals through
 a dynamics model fitted on fresh babbling, with the learned loss and with the task cost, and
 measures the final fingertip distance in the real MuJoCo environment (through TF-Agents) after
 every SGD step. The authors meta-train 3000 steps; this bench uses fewer (``--meta-steps``) to
 fit its time budget, and says so in the JSON. Writes docs/results/reacher/results.json
-(results.json schema + ``meta_train``) and results.png.
+(results.json schema + ``meta_train``) and results.png; the run folders go to a temporary
+folder, or to ``--run-dir`` (kept; the same command resumes them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -44,6 +50,7 @@ def run(
     out_dir: str,
     inner_lr: float | None = None,
     task_options: dict | None = None,
+    run_dir: str | None = None,
 ) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # rl_env before anything imports TensorFlow (`import ml3tf` does not): TF-Agents' Keras set-up.
@@ -62,30 +69,23 @@ def run(
         cfg = cfg.replace(inner_lr=inner_lr)
     if eval_steps is not None:
         cfg = cfg.replace(eval_steps=eval_steps)
+    # ml3tf.train keeps per seed the φ of the window of steps_per_call meta-steps with the lowest
+    # mean meta-train task loss (select_every: meta_loss.keras) as well as the last φ
+    # (meta_loss_last.keras): a loss network whose softplus output has gone flat (M_φ ≡ 0, so the
+    # inner step no longer moves θ) cannot recover, and several runs here ended that way. The
+    # choice uses meta-train numbers only.
+    cfg = cfg.replace(select_every=cfg.steps_per_call)
     start = time.perf_counter()
-    # MetaTrainer.run_steps chunk by chunk (the loop ml3tf.train runs), keeping per seed the φ of
-    # the chunk with the lowest mean meta-train task loss as well as the final φ: a loss network
-    # whose softplus output has gone flat (M_φ ≡ 0, so the inner step no longer moves θ) cannot
-    # recover, and several runs here ended that way. The choice uses meta-train numbers only.
-    trainer = ml3tf.MetaTrainer(task, cfg.replace(seed=seeds[0]))
-    chunk = cfg.steps_per_call
-    meta_train, last_learned, final_losses, best_losses, best_steps = [], [], [], [], []
-    for seed in seeds:
-        trainer.reset(seed)
-        curve, learned, best = [], [], (np.inf, 0, None)
-        for first in range(0, meta_steps, chunk):
-            infos = trainer.run_steps(first, min(chunk, meta_steps - first))
-            curve += [i.task_loss for i in infos]
-            learned += [i.learned_loss for i in infos]
-            mean = float(np.mean([i.task_loss for i in infos]))
-            if mean < best[0]:
-                best = (mean, first, trainer.meta_loss.get_weights())
-        meta_train.append(curve)
-        last_learned.append(learned[-1])
-        final_losses.append(_copy(task, trainer.meta_loss.get_weights()))
-        best_losses.append(_copy(task, best[2]))
-        best_steps.append(best[1])
-    train_seconds = time.perf_counter() - start
+    with contextlib.ExitStack() as stack:
+        runs = run_dir or stack.enter_context(tempfile.TemporaryDirectory())
+        trained = ml3tf.train(task, cfg, runs, seeds, evaluate=False)
+        train_seconds = time.perf_counter() - start
+        best_losses = [ml3tf.load_meta_loss(p) for p in trained.meta_loss_paths]
+        final_losses = [ml3tf.load_meta_loss(p) for p in trained.last_meta_loss_paths]
+        steps = [_metrics(os.path.join(d, "metrics.jsonl")) for d in trained.run_dirs]
+    meta_train = [[m["task_loss"] for m in s] for s in steps]
+    last_learned = [s[-1]["initial_loss"] for s in steps]  # M_φ at θ₀ of the last meta-step
+    best_steps = [sel["start"] for sel in trained.selections]
     t0 = time.perf_counter()
     results = task.evaluate(best_losses, cfg, seeds)
     final = task.evaluate(final_losses, cfg, seeds)
@@ -135,10 +135,10 @@ def run(
     return results
 
 
-def _copy(task, weights):
-    net = task.make_meta_loss()
-    net.set_weights(weights)
-    return net
+def _metrics(path: str) -> list[dict]:
+    """The meta-step lines of a run's metrics.jsonl (evaluation lines have no task_loss)."""
+    with open(path) as f:
+        return [m for m in map(json.loads, f) if "task_loss" in m]
 
 
 def plot(results: dict, out_dir: str) -> None:
@@ -218,6 +218,9 @@ def main() -> None:
     ap.add_argument("--loss-features", default="absolute", help="absolute (the authors') or goal_relative")
     ap.add_argument("--meta-loss-output", default="softplus", help="softplus (the authors') or linear")
     ap.add_argument("--out-dir", default=DEFAULT_OUT)
+    ap.add_argument(
+        "--run-dir", default=None, help="keep the run folders here (resumable); default: a temporary folder"
+    )
     args = ap.parse_args()
     options = {"refit_every": args.refit_every}
     if args.loss_features != "absolute":
@@ -225,7 +228,14 @@ def main() -> None:
     if args.meta_loss_output != "softplus":
         options["meta_loss_output"] = args.meta_loss_output
     results = run(
-        args.seeds, args.meta_steps, args.meta_lr, args.eval_steps, args.out_dir, args.inner_lr, options
+        args.seeds,
+        args.meta_steps,
+        args.meta_lr,
+        args.eval_steps,
+        args.out_dir,
+        args.inner_lr,
+        options,
+        args.run_dir,
     )
     print(table(results))
     print(f"wrote {args.out_dir}/results.json and results.png ({results['wall_seconds']:.0f} s)")

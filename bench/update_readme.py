@@ -27,9 +27,10 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
   bench/results/classification.json, written by ``python bench/classification.py``;
 * ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``;
 * ``model-free``: docs/results/point_mass/results.json, written by ``python bench/model_free.py``;
-* ``reacher``: docs/results/reacher/results.json, written by ``python bench/reacher.py``;
+* ``reacher``: docs/results/reacher/results.json, written by
+  ``python bench/reacher.py --meta-steps 600 --meta-lr 0.001 --eval-steps 5``;
 * ``reacher-goal-relative-linear``: docs/results/reacher_goal_relative_linear/results.json, written by
-  ``python bench/reacher.py --loss-features goal_relative --meta-loss-output linear --out-dir …``;
+  the same command with ``--loss-features goal_relative --meta-loss-output linear --out-dir …``;
 * ``mountain-car``: docs/results/mountain_car/results.json (and mountain_car_1000/), written by
   ``python bench/mountain_car.py``.
 """

@@ -28,6 +28,17 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _container(kind: str, state: Mapping[str, Any]) -> tf.Module:
+    """A ``tf.Module`` holding ``state``'s trackables as attributes (its checkpoint node)."""
+    container = tf.Module(name=kind)
+    for name, value in state.items():
+        if not name.isidentifier() or name.startswith("_") or hasattr(container, name):
+            what = kind.replace("_", " ")
+            raise ValueError(f"{what} name {name!r} must be a public identifier, not a tf.Module attribute")
+        setattr(container, name, value)
+    return container
+
+
 class Checkpointer:
     """``tf.train.CheckpointManager`` over a meta-loss network and its optimizer.
 
@@ -42,6 +53,9 @@ class Checkpointer:
             optimizers, ``tf.train.experimental.PythonState`` …), saved under ``task/``; what
             they hold at each ``save`` is what a ``restore`` puts back. A checkpoint written
             without it (an older ml3tf) still restores the rest: ``task_state_restored`` says which.
+        run_state: the run's own state beyond φ, ``{name: trackable}`` (``select_every``'s selected
+            φ and window scores, ``ml3tf.run``), saved under ``run/`` and restored with φ: a
+            checkpoint without it is not one of this run.
 
     Example:
         >>> ck = Checkpointer("runs/sine/checkpoints", trainer.meta_loss, trainer.optimizer)
@@ -58,6 +72,7 @@ class Checkpointer:
         learner: keras.Model | None = None,
         init_optimizer: keras.optimizers.Optimizer | None = None,
         task_state: Mapping[str, Any] | None = None,
+        run_state: Mapping[str, Any] | None = None,
     ) -> None:
         self.directory = os.fspath(directory)
         self._step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -66,6 +81,8 @@ class Checkpointer:
             extra["learner"] = learner
         if init_optimizer is not None:
             extra["init_optimizer"] = init_optimizer
+        if run_state:
+            extra["run"] = _container("run_state", run_state)
         core = dict(meta_loss=meta_loss, optimizer=optimizer, step=self._step, **extra)
         # Restored on their own roots: a checkpoint without task/ (written before tasks had
         # state) restores the core and reports the task state missing instead of failing.
@@ -75,13 +92,7 @@ class Checkpointer:
         #: checkpoint, or a checkpoint without it).
         self.task_state_restored = False
         if task_state:
-            container = tf.Module(name="task_state")
-            for name, value in task_state.items():
-                if not name.isidentifier() or name.startswith("_") or hasattr(container, name):
-                    raise ValueError(
-                        f"task state name {name!r} must be a public identifier, not a tf.Module attribute"
-                    )
-                setattr(container, name, value)
+            container = _container("task_state", task_state)
             self._task = tf.train.Checkpoint(task=container)
             self._checkpoint = tf.train.Checkpoint(**core, task=container)
         else:

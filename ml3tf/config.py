@@ -141,6 +141,11 @@ class MetaTrainConfig:
     """θ_0 of the inner steps: ``fresh`` — redrawn for every meta-step and task (default);
     ``fixed`` — the same draw at every meta-step (one per meta-batch slot, from the seed), the
     authors' MountainCar and reacher protocols (their policy keeps, or is reset to, one θ_0)."""
+    select_every: int = maths(0)
+    """Select φ on meta-train numbers: ``meta_loss.keras`` holds φ at the end of the window of N
+    meta-steps (windows from step 0, the last one may be shorter) with the lowest mean task loss
+    (ties: the earlier window), the last φ goes to ``meta_loss_last.keras``; 0: keep the last φ.
+    ``ml3`` only."""
 
     def __post_init__(self) -> None:
         _at_least("inner_steps", self.inner_steps, 1)
@@ -184,6 +189,17 @@ class MetaTrainConfig:
             raise ValueError(f"learner_init must be one of {LEARNER_INITS}, got {self.learner_init!r}")
         if self.meta_update not in META_UPDATES:
             raise ValueError(f"meta_update must be one of {META_UPDATES}, got {self.meta_update!r}")
+        _at_least("select_every", self.select_every, 0)
+        if self.select_every and self.method != "ml3":
+            why = (
+                "it learns no loss network φ"
+                if self.method == "maml"
+                else "its φ and θ₀ are learned together, and selecting φ alone would break the pair"
+            )
+            raise ValueError(
+                f"select_every={self.select_every} selects a loss network φ and needs method='ml3'; "
+                f"method={self.method!r}: {why} (set select_every=0)"
+            )
         if self.meta_update == "online" and self.method != "ml3":
             raise ValueError(f"meta_update='online' supports method='ml3' only, got method={self.method!r}")
         for name in ("task_loss_weight", "extra_loss_weight"):

@@ -4,9 +4,14 @@ A run folder holds
 
     config.json       task, task options and the MetaTrainConfig
     metrics.jsonl     one JSON line per meta-step (and per evaluation with eval_every)
-    checkpoints/      φ + outer optimizer (+ the task's own state, ``checkpoint_state``), every
-                      ``checkpoint_every`` steps and at the end
-    meta_loss.keras   the trained loss network (written once training is complete; ml3, ml3+maml)
+    checkpoints/      φ + outer optimizer (+ the task's own state, ``checkpoint_state``; + the
+                      selection so far, with ``select_every``), every ``checkpoint_every`` steps
+                      and at the end
+    meta_loss.keras   the trained loss network (written once training is complete; ml3, ml3+maml);
+                      with ``select_every``: the φ selected on meta-train task losses
+    meta_loss_last.keras, selection.json
+                      with ``select_every``: the last φ, and which window was selected (its start,
+                      end and mean task loss, and every window's mean)
     learner.keras     the learner holding the meta-learned θ₀ (maml, ml3+maml)
     tensorboard/      scalars, with ``config.tensorboard``
 
@@ -71,6 +76,12 @@ class TrainResult:
     results: dict | None
     learner_paths: list[str] = dataclasses.field(default_factory=list)
     """``learner.keras`` files holding the meta-learned θ₀ (``maml``, ``ml3+maml``)."""
+    last_meta_loss_paths: list[str] = dataclasses.field(default_factory=list)
+    """The last φ of each seed: ``meta_loss_last.keras`` with ``select_every`` (``meta_loss_paths``
+    then hold the selected φ), else the same files as ``meta_loss_paths``."""
+    selections: list[dict] = dataclasses.field(default_factory=list)
+    """Each seed's ``selection.json`` with ``select_every`` (the selected window's ``start``,
+    ``end`` and ``mean_task_loss``, and every window's); empty without."""
 
 
 def check_out_dir(out_dir: str) -> str:
@@ -113,6 +124,8 @@ def _run_record(task: Task, config: MetaTrainConfig, seeds: Sequence[int]) -> di
 
 
 OUTPUT_NAMES = ("meta_loss.keras", "learner.keras")
+LAST_META_LOSS = "meta_loss_last.keras"
+SELECTION = "selection.json"
 
 
 def checkpoint_step(run_dir: str) -> int | None:
@@ -332,12 +345,95 @@ def _learner_params(model: keras.Model) -> list:
 
 def _chunk_end(step: int, config: MetaTrainConfig) -> int:
     """End (exclusive) of the next compiled chunk: at most ``steps_per_call`` steps,
-    never past a checkpoint, an evaluation or the last step."""
+    never past a checkpoint, an evaluation, a selection window's end or the last step."""
     end = min(config.meta_steps, step + config.steps_per_call)
-    for every in (config.checkpoint_every, config.eval_every):
+    for every in (config.checkpoint_every, config.eval_every, config.select_every):
         if every:
             end = min(end, (step // every + 1) * every)
     return end
+
+
+class WindowSelection(tf.train.experimental.PythonState):
+    """``select_every``: the φ of the window of meta-steps with the lowest mean task loss.
+
+    Windows are ``[0, N), [N, 2N), …``. When a window's last step has run, the mean of its task
+    losses is compared with every earlier window's; if it is strictly lower, φ (all of the loss
+    network's weights) is copied into ``best``. ``trackables()`` goes into every checkpoint: the
+    copy, and (this object, serialised as JSON) the closed windows' means and the open window's
+    losses, so a killed and resumed run selects the same φ. The open window at the end of a run
+    (``meta_steps`` not a multiple of N) competes too (``selected``) but stays open in the
+    checkpoint: a run continued to more ``meta_steps`` selects as an uninterrupted one.
+    """
+
+    def __init__(self, meta_loss: keras.Model, every: int) -> None:
+        self.every = int(every)
+        self.meta_loss = meta_loss
+        self.best = [tf.Variable(v.numpy(), trainable=False) for v in meta_loss.weights]
+        self.windows: list[float] = []  # mean task loss of window i = [i·N, (i + 1)·N)
+        self.best_window: int | None = None
+        self.open_losses: list[float] = []
+
+    @property
+    def open_start(self) -> int:
+        return len(self.windows) * self.every
+
+    def trackables(self) -> dict[str, Any]:
+        return {"selected_phi": list(self.best), "windows": self}
+
+    def record(self, step: int, task_loss: float) -> None:
+        """Add meta-step ``step``'s task loss; close its window if ``step`` is the window's last."""
+        if step != self.open_start + len(self.open_losses):
+            raise RuntimeError(f"selection: meta-step {step} out of order (window at {self.open_start})")
+        self.open_losses.append(float(task_loss))
+        if len(self.open_losses) == self.every:
+            mean = float(np.mean(self.open_losses))
+            if self.best_window is None or mean < self.windows[self.best_window]:
+                self.best_window = len(self.windows)
+                for v, w in zip(self.best, self.meta_loss.weights, strict=True):
+                    v.assign(w)
+            self.windows.append(mean)
+            self.open_losses = []
+
+    def selected(self) -> tuple[list, dict[str, Any]]:
+        """``(weights, record)`` of the selection now: the best closed window, or the open one
+        (φ as it is now) if its mean is strictly lower; the record is ``selection.json``."""
+        windows = [
+            {"start": i * self.every, "end": (i + 1) * self.every, "mean_task_loss": m}
+            for i, m in enumerate(self.windows)
+        ]
+        best, weights = self.best_window, [v.numpy() for v in self.best]
+        if self.open_losses:
+            mean = float(np.mean(self.open_losses))
+            end = self.open_start + len(self.open_losses)
+            windows.append({"start": self.open_start, "end": end, "mean_task_loss": mean})
+            if best is None or mean < self.windows[best]:
+                best, weights = len(windows) - 1, [v.numpy() for v in self.meta_loss.weights]
+        if best is None:
+            raise RuntimeError("selection: no meta-step has run")
+        record = {"select_every": self.every, **windows[best], "windows": windows}
+        return weights, record
+
+    def serialize(self) -> bytes:
+        state = {"windows": self.windows, "best_window": self.best_window, "open_losses": self.open_losses}
+        return json.dumps(state).encode()
+
+    def deserialize(self, string_value: bytes) -> None:
+        state = json.loads(string_value)
+        self.windows = [float(m) for m in state["windows"]]
+        self.best_window = state["best_window"]
+        self.open_losses = [float(x) for x in state["open_losses"]]
+
+
+def _save_with_weights(model: keras.Model, weights: list, path: str) -> None:
+    """Save ``model`` holding ``weights`` (its own weights are put back afterwards)."""
+    own = [v.numpy() for v in model.weights]
+    try:
+        for v, w in zip(model.weights, weights, strict=True):
+            v.assign(w)
+        save_meta_loss(model, path)
+    finally:
+        for v, w in zip(model.weights, own, strict=True):
+            v.assign(w)
 
 
 def train_one(
@@ -350,7 +446,8 @@ def train_one(
 ) -> str:
     """Meta-train ``config.seed`` into ``run_dir`` (resuming if possible); returns the ``.keras`` path
     of what was learned: ``meta_loss.keras`` (``ml3``, ``ml3+maml``; the latter also writes
-    ``learner.keras``) or ``learner.keras`` (``maml``).
+    ``learner.keras``) or ``learner.keras`` (``maml``). With ``config.select_every`` the file holds
+    the selected φ, ``meta_loss_last.keras`` the last one and ``selection.json`` the choice.
 
     ``trainer``: a ``MetaTrainer`` for the same task and config (any seed) to reuse
     — it is ``reset`` to ``config.seed``, which saves tracing its step again.
@@ -368,6 +465,7 @@ def train_one(
         raise ValueError("trainer must have been built for the same task and config")
     else:
         trainer.reset(config.seed)
+    selection = WindowSelection(trainer.meta_loss, config.select_every) if config.select_every else None
     ckpt = Checkpointer(
         os.path.join(run_dir, "checkpoints"),
         trainer.meta_loss,
@@ -375,12 +473,16 @@ def train_one(
         learner=trainer.learner.model if config.learns_init else None,
         init_optimizer=trainer.init_optimizer,
         task_state=dict(task.checkpoint_state()),
+        run_state=selection.trackables() if selection is not None else None,
     )
     start = ckpt.restore()
     task.restore_state(start, ckpt.task_state_restored)
     loss_path = os.path.join(run_dir, "meta_loss.keras")
     learner_path = os.path.join(run_dir, "learner.keras")
+    last_path, selection_path = os.path.join(run_dir, LAST_META_LOSS), os.path.join(run_dir, SELECTION)
     outputs = ([loss_path] if config.learns_loss else []) + ([learner_path] if config.learns_init else [])
+    if selection is not None:
+        outputs += [last_path, selection_path]
     if start >= config.meta_steps and all(os.path.exists(p) for p in outputs):
         log.info("seed %d: already trained (%d meta-steps) in %s", config.seed, start, run_dir)
         return outputs[0]
@@ -405,6 +507,8 @@ def train_one(
                     with writer.as_default(step=step + k):
                         for name, value in info._asdict().items():
                             tf.summary.scalar(name, value)
+                if selection is not None:
+                    selection.record(step + k, info.task_loss)
                 if on_step is not None:
                     on_step(config.seed, step + k, info)
             step = end
@@ -436,7 +540,19 @@ def train_one(
                 ckpt.save(step)
     if writer is not None:
         writer.close()
-    if config.learns_loss:
+    if selection is not None:
+        weights, chosen = selection.selected()
+        save_meta_loss(trainer.meta_loss, last_path)
+        _save_with_weights(trainer.meta_loss, weights, loss_path)
+        atomic_write_text(selection_path, json.dumps(json_safe(chosen), indent=1, allow_nan=False) + "\n")
+        log.info(
+            "seed %d: selected φ of meta-steps %d–%d (mean task loss %.6g)",
+            config.seed,
+            chosen["start"],
+            chosen["end"] - 1,
+            chosen["mean_task_loss"],
+        )
+    elif config.learns_loss:
         save_meta_loss(trainer.meta_loss, loss_path)
     if config.learns_init:
         save_meta_loss(trainer.learner.model, learner_path)
@@ -492,10 +608,16 @@ def train(
             train_one(task, config.replace(seed=seed), run_dir, on_step, trainer, seeds)
         paths = [os.path.join(d, "meta_loss.keras") for d in run_dirs] if config.learns_loss else []
         learners = [os.path.join(d, "learner.keras") for d in run_dirs] if config.learns_init else []
+        last, selections = paths, []
+        if config.select_every:
+            last = [os.path.join(d, LAST_META_LOSS) for d in run_dirs]
+            for d in run_dirs:
+                with open(os.path.join(d, SELECTION)) as f:
+                    selections.append(json.load(f))
         results = None
-        if evaluate:
+        if evaluate:  # the selected φ (meta_loss.keras)
             results = _evaluate_locked(task, paths, config, out, seeds, learner_paths=learners or None)
-    return TrainResult(out, run_dirs, paths, results, learners)
+    return TrainResult(out, run_dirs, paths, results, learners, last, selections)
 
 
 @contextlib.contextmanager

@@ -48,11 +48,13 @@ Beside the authors' protocol (defaults unchanged): ``loss_features="goal_relativ
 ``q_t / n_s`` in the loss features by ``[wrap(θ_t − θ*), θ̇_t / 8]`` (``wrap`` to (−π, π]), and
 ``meta_loss_output="linear"`` drops the softplus of the loss network's output.
 
-**Meta-test** (``evaluate``): per seed, a dynamics model fitted on fresh babbling; for each
-goal a fresh policy is trained ``steps`` SGD steps through that model on (a) the learned loss
-at ``inner_lr``, (b) the task cost at ``inner_lr`` (``baseline``, the same optimisation), and
-(c) the task cost at the best learning rate of ``baseline_lrs`` (chosen per seed on the
-training goal by the model-predicted task cost; ``baseline_best_lr``). After every step the
+**Meta-test** (``evaluate``): per seed, a dynamics model fitted on fresh babbling (meta-test's
+own instance, ``meta_test_dynamics``: an evaluation during meta-training leaves meta-training's
+model, transitions and refit counters as they were); for each goal a fresh policy is trained
+``steps`` SGD steps through that model on (a) the learned loss at ``inner_lr``, (b) the task
+cost at ``inner_lr`` (``baseline``, the same optimisation), and (c) the task cost at the best
+learning rate of ``baseline_lrs`` (chosen per seed on the training goal by the model-predicted
+task cost; ``baseline_best_lr``). After every step the
 policy is rolled out in the real MuJoCo environment through TF-Agents; the metric is the
 final fingertip distance to the goal (m). Splits: ``train`` (the meta-training goals) and
 ``test`` (held-out goals; the authors' test goal first).
@@ -473,6 +475,11 @@ class ReacherTask(Task):
         self.train_targets = np.stack([goal_joint_state(g, self.geometry, o.elbow) for g in o.train_goals])
         self.test_targets = np.stack([goal_joint_state(g, self.geometry, o.elbow) for g in o.test_goals])
         self.dynamics = JointDynamicsModel(o.dynamics_hidden)
+        #: Meta-test's own dynamics model (fitted on fresh babbling per seed by ``evaluate``): an
+        #: evaluation during meta-training (``eval_every``) leaves ``dynamics``, its data and counters.
+        self.meta_test_dynamics = JointDynamicsModel(o.dynamics_hidden)
+        #: One record per meta-test fit: ``{"seed", "transitions", "loss"}``.
+        self.meta_test_dynamics_log: list[dict] = []
         self._dataset: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         #: One record per dynamics fit: ``{"step", "transitions", "loss", "fresh"}`` (fresh: babbling).
         self.dynamics_log: list[dict] = []
@@ -519,8 +526,17 @@ class ReacherTask(Task):
         return TaskBatch(support=data, query=dict(data))
 
     # --- rollouts through the learned model ------------------------------------------------------
-    def rollout(self, learner: FunctionalModel, params: list, start: tf.Tensor, goal: tf.Tensor):
-        """States ``(T+1, N, 4)`` and actions ``(T, N, 4)`` of the policy through the dynamics model."""
+    def rollout(
+        self,
+        learner: FunctionalModel,
+        params: list,
+        start: tf.Tensor,
+        goal: tf.Tensor,
+        dynamics: JointDynamicsModel | None = None,
+    ):
+        """States ``(T+1, N, 4)`` and actions ``(T, N, 4)`` of the policy through ``dynamics``
+        (default: meta-training's ``self.dynamics``; meta-test passes ``self.meta_test_dynamics``)."""
+        model = self.dynamics if dynamics is None else dynamics
         goal = tf.reshape(tf.cast(goal, tf.float32), (-1, 4))
         q = tf.reshape(tf.cast(start, tf.float32), (-1, 4))
         horizon = self.options.horizon
@@ -528,7 +544,7 @@ class ReacherTask(Task):
         def one_step(q):
             x = tf.concat([tf.stop_gradient(q), goal], -1) / self.input_scale
             a = tf.clip_by_value(learner(params, x), -1.0, 1.0)
-            return self.dynamics.next_state(q, a), a
+            return model.next_state(q, a), a
 
         if self.options.rollout_loop == "python":
             states, actions = [q], []
@@ -589,16 +605,27 @@ class ReacherTask(Task):
         return None
 
     # --- the learned dynamics model: fitted before, refitted between compiled calls -----------------
-    def fit_babbling(self, seed: int) -> float:
-        """Fresh dynamics weights (from ``seed``) fitted on ``babbling_rollouts`` random rollouts."""
+    def fit_babbling(self, seed: int, model: JointDynamicsModel | None = None) -> float:
+        """Fresh dynamics weights (from ``seed``) fitted on ``babbling_rollouts`` random rollouts.
+
+        ``model``: meta-training's ``self.dynamics`` (default: its transitions start over with the
+        babbling, the fit goes into ``dynamics_log``) or another one (meta-test's
+        ``meta_test_dynamics``: nothing of meta-training is touched; ``meta_test_dynamics_log``).
+        """
         o = self.options
+        target = self.dynamics if model is None else model
         keras.utils.set_random_seed(seed)
         fresh = JointDynamicsModel(o.dynamics_hidden)
-        for v, w in zip(self.dynamics.weights, fresh.weights, strict=True):
+        for v, w in zip(target.weights, fresh.weights, strict=True):
             v.assign(w)
         env = make_reacher_environment(o.train_goals[0], o.start, o.horizon, seed=seed)
-        self._dataset = [transitions(babble(env, o.babbling_rollouts, seed=_BABBLE_STREAM * 1000 + seed))]
-        return self._refit(o.dynamics_epochs, seed, fresh=True)
+        data = transitions(babble(env, o.babbling_rollouts, seed=_BABBLE_STREAM * 1000 + seed))
+        if model is None:
+            self._dataset = [data]
+            return self._refit(o.dynamics_epochs, seed, fresh=True)
+        loss = fit_dynamics(model, *data, epochs=o.dynamics_epochs, seed=seed, fresh_optimizer=True)
+        self.meta_test_dynamics_log.append({"seed": seed, "transitions": len(data[0]), "loss": loss})
+        return loss
 
     def _refit(self, epochs: int, seed: int, fresh: bool = False, step: int = 0) -> float:
         q, a, q1 = (np.concatenate(parts) for parts in zip(*self._dataset, strict=True))
@@ -658,8 +685,8 @@ class ReacherTask(Task):
                 )
             elif first_step:
                 log.warning(
-                    "reacher: at step %d the dynamics model does not hold seed %d's fit (a meta-test "
-                    "refitted it?): refitted on babbling only",
+                    "reacher: at step %d the dynamics model does not hold seed %d's fit (another "
+                    "seed's run in this task?): refitted on babbling only",
                     first_step,
                     seed,
                 )
@@ -739,23 +766,24 @@ class ReacherTask(Task):
         engine = engine_for(self, config, steps, jit_compile=False, vectorize=False)
         learner = engine.learner
         start = tf.constant(np.asarray(self.options.start, np.float32))
+        dynamics = self.meta_test_dynamics  # never meta-training's model
 
         def metric(params, _state, data):
-            states, _ = self.rollout(learner, params, start, data["goal"])
+            states, _ = self.rollout(learner, params, start, data["goal"], dynamics)
             return self.cost(states, data["goal"])
 
         if meta_loss is None:
             key = "task_cost"
 
             def loss(params, state, data, _phi):
-                states, _ = self.rollout(learner, params, start, data["goal"])
+                states, _ = self.rollout(learner, params, start, data["goal"], dynamics)
                 return self.cost(states, data["goal"]), state
         else:
             key = ("learned", architecture_key(meta_loss))
             mean_m = stateless_loss(meta_loss, self.loss_features)
 
             def loss(params, state, data, phi):
-                states, actions = self.rollout(learner, params, start, data["goal"])
+                states, actions = self.rollout(learner, params, start, data["goal"], dynamics)
                 return mean_m(phi, states, actions, data["goal"]), state
 
         data = {"goal": np.asarray(targets, np.float32)}
@@ -781,8 +809,7 @@ class ReacherTask(Task):
         chosen = []
         policy = FunctionalModel(self.make_learner())
         for seed, meta_loss in zip(seeds, losses, strict=True):
-            self.fit_babbling(META_TEST_OFFSET + seed)
-            self._fitted_seed = None  # meta-training must refit for its own seed
+            self.fit_babbling(META_TEST_OFFSET + seed, self.meta_test_dynamics)
             best_lr = self._pick_lr(seed, config, steps)
             chosen.append(best_lr)
             for split, (goals, targets) in splits.items():
@@ -824,7 +851,8 @@ class ReacherTask(Task):
         start = tf.constant(np.asarray(self.options.start, np.float32))
         for lr in self.options.baseline_lrs:
             final = self.meta_test(None, params0, target, config.replace(inner_lr=lr), steps)[0][-1]
-            states, _ = self.rollout(policy, [tf.constant(p) for p in final], start, tf.constant(target[0]))
+            params = [tf.constant(p) for p in final]
+            states, _ = self.rollout(policy, params, start, tf.constant(target[0]), self.meta_test_dynamics)
             cost = float(self.cost(states, tf.constant(target[0])))
             if math.isfinite(cost) and cost < best_cost:
                 best, best_cost = lr, cost

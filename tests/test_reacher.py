@@ -203,9 +203,11 @@ def test_goal_relative_features_wrap_angles_and_linear_output_is_the_pre_softplu
 def test_tiny_end_to_end_run_refits_and_writes_results(tmp_path, tiny_task):
     cfg = tiny_task.default_config().replace(meta_steps=4, steps_per_call=2, checkpoint_every=2, eval_steps=2)
     tiny_task.dynamics_log.clear()
+    tiny_task.meta_test_dynamics_log.clear()
     run = ml3tf.train(tiny_task, cfg, str(tmp_path / "run"))
-    babbled, refit, evaluation = tiny_task.dynamics_log  # meta-train: babbling, refit at step 2; meta-test
-    assert babbled["fresh"] and evaluation["fresh"] and not refit["fresh"]
+    babbled, refit = tiny_task.dynamics_log  # meta-train: babbling, refit at step 2
+    assert babbled["fresh"] and not refit["fresh"]
+    assert [r["seed"] for r in tiny_task.meta_test_dynamics_log] == [10**6]  # meta-test's own model
     assert refit["step"] == 2 and refit["transitions"] > babbled["transitions"]  # + a real rollout of θ₁
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["task"] == "reacher" and res["metric"] == "final_distance" and res["baseline"] == "task_cost"
@@ -222,6 +224,37 @@ def test_tiny_end_to_end_run_refits_and_writes_results(tmp_path, tiny_task):
     assert os.path.exists(run.meta_loss_paths[0])
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == 4 and all(np.isfinite(s["task_loss"]) for s in steps)
+
+
+def test_an_evaluation_during_meta_training_leaves_the_meta_training_dynamics_alone(tmp_path):
+    """Meta-test fits its own dynamics model: meta-training's weights, transitions, counters and fit
+    log are what they were, and a run with eval_every trains as one without (no re-babbling)."""
+    task = tasks.get("reacher", **TINY)
+    cfg = task.default_config().replace(meta_steps=2, steps_per_call=2, eval_steps=1)
+    trainer = ml3tf.MetaTrainer(task, cfg)
+    trainer.run_steps(0, 2)  # babbling fit; the refit at step 2 is still to come
+    weights = [w.numpy() for w in task.dynamics.weights]
+    before = (len(task._dataset), sum(len(d[0]) for d in task._dataset), json.dumps(task.dynamics_log))
+    counters = (task._fitted_seed, task._last_refit)
+    task.evaluate([trainer.meta_loss], cfg, [0])
+    for a, b in zip(weights, task.dynamics.weights, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())
+    after = (len(task._dataset), sum(len(d[0]) for d in task._dataset), json.dumps(task.dynamics_log))
+    assert after == before and (task._fitted_seed, task._last_refit) == counters
+    assert [r["seed"] for r in task.meta_test_dynamics_log] == [10**6]
+
+    def run(name, **kw):
+        t = tasks.get("reacher", **TINY)
+        c = t.default_config().replace(meta_steps=4, steps_per_call=2, checkpoint_every=2, eval_steps=1, **kw)
+        train_one(t, c, str(tmp_path / name))
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return t, [m for m in map(json.loads, lines) if "eval" not in m]
+
+    plain, plain_metrics = run("plain")
+    evaluated, evaluated_metrics = run("eval", eval_every=2)
+    assert evaluated_metrics == plain_metrics
+    assert [(r["step"], r["fresh"]) for r in evaluated.dynamics_log] == [(0, True), (2, False)]
+    assert evaluated.dynamics_log == plain.dynamics_log
 
 
 class _Interrupt(Exception):

@@ -1,7 +1,9 @@
 """Runs on disk: outputs, resume after interruption, refusal of bad folders, end to end."""
 
+import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -214,3 +216,122 @@ def test_summary_shows_step_one_and_the_last_step_once_each(steps):
     assert sum("after 1 step:" in line for line in lines) == 2
     last = [line for line in lines if f"after {steps} steps" in line]
     assert len(last) == (0 if steps == 1 else 2) and all("learned 1 " in line for line in last)
+
+
+# --- select_every: φ of the window with the lowest mean task loss ---------------------------------
+class _Windows(ToyTask):
+    """Task loss × 0.1 on the meta-steps in ``low`` (a window made the best on purpose)."""
+
+    def __init__(self, low=()):
+        super().__init__(learner="smooth", meta_loss="network")
+        self.low = set(low)
+
+    def sample(self, seed, step, batch_size):
+        batch = super().sample(seed, step, batch_size)
+        scale = np.full((batch_size,), 0.1 if step in self.low else 1.0, np.float32)
+        return dataclasses.replace(batch, query={**batch.query, "scale": scale})
+
+    def task_loss(self, learner, params, state, data):
+        return data["scale"] * super().task_loss(learner, params, state, data)
+
+
+def _select_cfg(task, **kw):
+    # windows [0,3) [3,6) [6,9) [9,11); checkpoints at 5, 10, 11: a window spans a checkpoint
+    return task.default_config().replace(
+        meta_steps=11, select_every=3, checkpoint_every=5, steps_per_call=50, **kw
+    )
+
+
+def _weights(path):
+    return [w.numpy() for w in load_meta_loss(str(path)).weights]
+
+
+@pytest.mark.parametrize(("low", "window"), [(range(3, 6), 1), (range(9, 11), 3), ((), None)])
+def test_select_every_keeps_the_phi_of_the_window_with_the_lowest_mean_task_loss(tmp_path, low, window):
+    task = _Windows(low)
+    cfg = _select_cfg(task)
+    trainer = ml3tf.MetaTrainer(task, cfg)
+    at_end = {}  # φ after each window's last step (a compiled chunk never crosses a window's end)
+
+    def keep(seed, step, info):
+        if (step + 1) % 3 == 0 or step + 1 == cfg.meta_steps:
+            at_end[step + 1] = [w.numpy() for w in trainer.meta_loss.weights]
+
+    out = tmp_path / "run"
+    train_one(task, cfg, str(out), on_step=keep, trainer=trainer)
+    # the window means, recomputed from metrics.jsonl
+    losses = [r["task_loss"] for r in _metrics(out / "metrics.jsonl")]
+    means = [float(np.mean(losses[s : s + 3])) for s in range(0, 11, 3)]
+    best = int(np.argmin(means))  # the first of equal means: a later window must be strictly lower
+    if window is not None:
+        assert best == window
+    selection = json.loads((out / "selection.json").read_text())
+    assert (selection["start"], selection["end"]) == (3 * best, min(3 * best + 3, 11))
+    assert selection["mean_task_loss"] == means[best]
+    assert [w["mean_task_loss"] for w in selection["windows"]] == means
+    for a, b in zip(_weights(out / "meta_loss.keras"), at_end[selection["end"]], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_weights(out / "meta_loss_last.keras"), at_end[11], strict=True):
+        np.testing.assert_array_equal(a, b)
+    if best != 3:  # not trivially the last φ
+        selected, last = _weights(out / "meta_loss.keras"), at_end[11]
+        assert any(not np.array_equal(a, b) for a, b in zip(selected, last, strict=True))
+
+
+@pytest.mark.parametrize("stop", [7, 10])
+def test_select_every_resumed_after_a_kill_selects_what_an_uninterrupted_run_selects(tmp_path, stop):
+    """Killed at ``stop`` (7: the checkpoint at 5 holds half of window [3, 6); 10: it holds the φ of
+    window [3, 6), the best, and one step of [9, 11)), resumed in a fresh task."""
+    cfg = _select_cfg(_Windows(range(3, 6)))
+    ref = ml3tf.train(_Windows(range(3, 6)), cfg, str(tmp_path / "ref"), evaluate=False)
+
+    def kill(seed, step, info):
+        if step == stop:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        ml3tf.train(_Windows(range(3, 6)), cfg, str(tmp_path / "cut"), on_step=kill, evaluate=False)
+    assert not (tmp_path / "cut" / "selection.json").exists()
+    cut = ml3tf.train(_Windows(range(3, 6)), cfg, str(tmp_path / "cut"), evaluate=False)
+    assert cut.selections == ref.selections and ref.selections[0]["start"] == 3
+    assert cut.last_meta_loss_paths == [str(tmp_path / "cut" / "meta_loss_last.keras")]
+    assert _metrics(tmp_path / "cut" / "metrics.jsonl") == _metrics(tmp_path / "ref" / "metrics.jsonl")
+    for name in ("meta_loss.keras", "meta_loss_last.keras"):
+        for a, b in zip(_weights(tmp_path / "ref" / name), _weights(tmp_path / "cut" / name), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_select_every_continued_to_more_meta_steps_selects_as_an_uninterrupted_run(tmp_path):
+    """The open window [9, 11) competes at the end of an 11-step run but stays open: continued to
+    12 steps, the run is an uninterrupted 12-step one ([9, 12) a full window)."""
+    task = _Windows(range(9, 11))
+    cfg = _select_cfg(task)
+    first = ml3tf.train(task, cfg, str(tmp_path / "cont"), evaluate=False).selections[0]
+    assert (first["start"], first["end"]) == (9, 11)
+    cont = ml3tf.train(task, cfg.replace(meta_steps=12), str(tmp_path / "cont"), evaluate=False)
+    ref = ml3tf.train(task, cfg.replace(meta_steps=12), str(tmp_path / "ref"), evaluate=False)
+    assert cont.selections == ref.selections and ref.selections[0]["end"] == 12
+    for a, b in zip(
+        _weights(tmp_path / "cont" / "meta_loss.keras"),
+        _weights(tmp_path / "ref" / "meta_loss.keras"),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_select_every_is_validated_and_refused_without_a_learned_loss(tmp_path):
+    with pytest.raises(ValueError, match="select_every must be an integer >= 0"):
+        ml3tf.MetaTrainConfig(select_every=-1)
+    for method in ("maml", "ml3+maml"):
+        with pytest.raises(ValueError, match=f"select_every=5 .* method={re.escape(repr(method))}"):
+            ml3tf.MetaTrainConfig(method=method, select_every=5)
+    task, cfg = _sine_cfg()
+    run = ml3tf.train(task, cfg, str(tmp_path / "plain"), evaluate=False)  # select_every=0
+    assert run.last_meta_loss_paths == run.meta_loss_paths and run.selections == []
+    assert sorted(p.name for p in (tmp_path / "plain").glob("*.keras")) == ["meta_loss.keras"]
+
+
+def test_train_meta_tests_the_selected_phi(tmp_path):
+    task = _Windows(range(3, 6))
+    run = ml3tf.train(task, _select_cfg(task, eval_steps=2), str(tmp_path / "ev"))
+    assert run.results["meta_loss_files"] == [str(tmp_path / "ev" / "meta_loss.keras")]
