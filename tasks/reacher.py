@@ -758,10 +758,11 @@ class ReacherTask(Task):
         targets: np.ndarray,
         config: MetaTrainConfig,
         steps: int | None = None,
-    ) -> list[list[np.ndarray]]:
+    ) -> tuple[np.ndarray, list[list[np.ndarray]]]:
         """Policies ``params0`` (stacked, one per goal joint state in ``targets``) trained through the
         dynamics model by the meta-test engine (``config``'s inner optimizer at ``inner_lr``) on the
-        learned loss (``None``: the task cost); returns, per policy, θ_k for k = 0 … steps."""
+        learned loss (``None``: the task cost); returns the model-predicted task cost after each step
+        ``(G, steps + 1)`` and, per policy, θ_k for k = 0 … steps."""
         # one policy after the other: vectorized_map cannot convert the while-loop rollout
         engine = engine_for(self, config, steps, jit_compile=False, vectorize=False)
         learner = engine.learner
@@ -787,8 +788,9 @@ class ReacherTask(Task):
                 return mean_m(phi, states, actions, data["goal"]), state
 
         data = {"goal": np.asarray(targets, np.float32)}
-        _, path = engine.run(key, loss, metric, params0, data, phi_of(meta_loss), record_params=True)
-        return [[[p[g, k] for p in path] for k in range(engine.steps + 1)] for g in range(len(targets))]
+        costs, path = engine.run(key, loss, metric, params0, data, phi_of(meta_loss), record_params=True)
+        paths = [[[p[g, k] for p in path] for k in range(engine.steps + 1)] for g in range(len(targets))]
+        return costs, paths
 
     def evaluate(
         self,
@@ -827,7 +829,7 @@ class ReacherTask(Task):
                     "baseline_best_lr": (None, config.replace(inner_lr=best_lr)),
                 }
                 for method, (loss, cfg) in arms.items():
-                    paths = self.meta_test(loss, params0, targets, cfg, steps)
+                    _, paths = self.meta_test(loss, params0, targets, cfg, steps)
                     per_goal = [
                         [self.final_distance(policy.model, p, goal_xy, target) for p in path]
                         for path, goal_xy, target in zip(paths, goals, targets, strict=True)
@@ -848,12 +850,9 @@ class ReacherTask(Task):
         params0 = [p[None] for p in policy.init_params(meta_test_seeds(seed, 1, first=999)[0])]
         target = self.train_targets[:1]
         best, best_cost = self.options.baseline_lrs[0], math.inf
-        start = tf.constant(np.asarray(self.options.start, np.float32))
         for lr in self.options.baseline_lrs:
-            final = self.meta_test(None, params0, target, config.replace(inner_lr=lr), steps)[0][-1]
-            params = [tf.constant(p) for p in final]
-            states, _ = self.rollout(policy, params, start, tf.constant(target[0]), self.meta_test_dynamics)
-            cost = float(self.cost(states, tf.constant(target[0])))
+            costs, _ = self.meta_test(None, params0, target, config.replace(inner_lr=lr), steps)
+            cost = float(costs[0, -1])  # the engine's metric: the model-predicted cost after the steps
             if math.isfinite(cost) and cost < best_cost:
                 best, best_cost = lr, cost
         return float(best)
