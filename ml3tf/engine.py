@@ -170,9 +170,9 @@ class MetaTestEngine:
             fn = self._init_fns[count] = tf.function(init)
         return fn(tf.constant(meta_test_seeds(seed, count)))
 
-    def check_params(self, params: Sequence[Sequence[Any]], shapes: Sequence[Sequence[int]]) -> None:
-        """Raise ``ValueError`` unless every θ₀ in ``params`` has the learner's ``shapes``."""
-        want = [tuple(s) for s in shapes]
+    def check_params(self, params: Sequence[Sequence[Any]]) -> None:
+        """Raise ``ValueError`` unless every θ₀ in ``params`` has the shapes of the learner's weights."""
+        want = [tuple(s) for s in self.learner.shapes]
         for p in params:
             got = [tuple(np.shape(x)) for x in p]
             if got != want:

@@ -300,7 +300,7 @@ class SupervisedTask(Task):
         inits = per_seed(initial_params, seeds, "initial_params")
         engine = engine_for(self, config, steps)
         if inits is not None:
-            engine.check_params(inits, engine.learner.shapes)
+            engine.check_params(inits)
         measure = self.eval_metric if metric is None else metric
         learner = engine.learner
 

@@ -491,7 +491,7 @@ class PointMassTask(Task):
         inits = per_seed(initial_params, seeds, "initial_params")
         if inits is not None:
             engine = engine_for(self, config, steps, jit_compile=False)
-            engine.check_params(inits, engine.learner.shapes)
+            engine.check_params(inits)
         steps = config.eval_steps if steps is None else int(steps)
         start = time.perf_counter()
         curves: dict[str, dict[str, list[np.ndarray]]] = {s: {"learned": [], "baseline": []} for s in _SPLITS}
