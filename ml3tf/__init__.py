@@ -37,6 +37,7 @@ _EXPORTS = {
     "MetaTrainer": "ml3tf.meta_trainer",
     "Momentum": "ml3tf.inner",
     "NonFiniteError": "ml3tf.meta_trainer",
+    "OnlineLossLearning": "ml3tf.online",
     "SGD": "ml3tf.inner",
     "SupervisedTask": "ml3tf.task",
     "Task": "ml3tf.task",
@@ -44,6 +45,7 @@ _EXPORTS = {
     "TrainResult": "ml3tf.run",
     "evaluate_files": "ml3tf.run",
     "export_saved_model": "ml3tf.export",
+    "learn_loss": "ml3tf.learn",
     "load_meta_loss": "ml3tf.meta_loss",
     "make_inner_optimizer": "ml3tf.inner",
     "train": "ml3tf.run",
@@ -64,12 +66,14 @@ __all__ = [
     "MetaTrainer",
     "Momentum",
     "NonFiniteError",
+    "OnlineLossLearning",
     "SupervisedTask",
     "Task",
     "TaskBatch",
     "TrainResult",
     "evaluate_files",
     "export_saved_model",
+    "learn_loss",
     "load_meta_loss",
     "make_inner_optimizer",
     "train",
@@ -82,9 +86,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ml3tf.export import export_saved_model
     from ml3tf.functional import FunctionalModel
     from ml3tf.inner import SGD, Adam, InnerOptimizer, Momentum, make_inner_optimizer, unroll
+    from ml3tf.learn import learn_loss
     from ml3tf.losses import LearnedLoss
     from ml3tf.meta_loss import MetaLossNetwork, load_meta_loss
     from ml3tf.meta_trainer import MetaStepInfo, MetaTrainer, NonFiniteError
+    from ml3tf.online import OnlineLossLearning
     from ml3tf.run import TrainResult, evaluate_files, train
     from ml3tf.task import SupervisedTask, Task, TaskBatch
 

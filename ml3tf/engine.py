@@ -269,8 +269,12 @@ class MetaTestEngine:
 
 
 def functional_learner(task: Any) -> FunctionalModel:
-    """A functional view of a fresh ``task.make_learner()`` (the meta-test learners' architecture)."""
-    return FunctionalModel(task.make_learner())
+    """A functional view of a fresh ``task.make_learner()`` (the meta-test learners' architecture),
+    built under a fixed seed: its state (a Dropout layer's seed) is the same in every process."""
+    from ml3tf.seeds import seeded
+
+    with seeded(0):
+        return FunctionalModel(task.make_learner())
 
 
 def engine_for(

@@ -42,6 +42,9 @@ class FunctionalModel:
         if not model.built:
             raise ValueError(f"model {model.name!r} is not built: call it once or give it an Input first")
         self.model = model
+        # What a fresh draw gives a vector or scalar parameter: the constant it holds now, when the
+        # model is built but not trained (biases 0, BatchNorm/LayerNorm scales 1), else 0.
+        self._fills = [_constant_of(v) if len(v.shape) < 2 else None for v in model.trainable_variables]
 
     @property
     def shapes(self) -> list[tuple[int, ...]]:
@@ -91,6 +94,10 @@ class FunctionalModel:
     def init_params(self, seed: Any) -> Params:
         """Fresh parameters: Xavier-uniform kernels, zero biases (the authors' reset).
 
+        A vector or scalar parameter takes the constant its variable held when this view was
+        made (a fresh model: 0 for biases, 1 for BatchNorm/LayerNorm scales), or 0 if it held
+        several values.
+
         Deterministic in ``seed`` (a shape-``[2]`` int tensor or pair), graph-friendly
         (stateless random ops), so a compiled meta-step can re-initialise the learner.
         """
@@ -100,7 +107,7 @@ class FunctionalModel:
             shape = tuple(v.shape)
             dtype = v.dtype
             if len(shape) < 2:
-                out.append(tf.zeros(shape, dtype))
+                out.append(tf.fill(shape, tf.constant(self._fills[i], dtype)))
                 continue
             limit = glorot_limit(shape)
             sub = tf.random.experimental.stateless_fold_in(seed, i, alg="philox")
@@ -117,3 +124,11 @@ def glorot_limit(shape: Sequence[int]) -> float:
     receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
     fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
     return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def _constant_of(variable: Any) -> float:
+    """The one value every element of ``variable`` holds, or 0.0 if they differ."""
+    values = keras.ops.convert_to_numpy(variable)
+    if values.size and (values == values.flat[0]).all():
+        return float(values.flat[0])
+    return 0.0

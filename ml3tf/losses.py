@@ -21,13 +21,14 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from ml3tf.meta_loss import load_meta_loss
+from ml3tf.meta_loss import MetaLossNetwork, load_meta_loss
 
 KINDS = ("regression", "classification")
 
@@ -338,6 +339,124 @@ class LearnedLoss(keras.losses.Loss):
             )
         network.set_weights(arrays)
         return cls(network, **config)
+
+
+# --- what a learned loss of each kind is compared with and starts from ---------------------
+def default_meta_loss(
+    kind: str, num_classes: int, hidden: Sequence[int], target_mean: float = 0.0, target_std: float = 1.0
+) -> MetaLossNetwork:
+    """The loss network of ``kind``: classification ``[p, onehot y]`` (2·C inputs, ReLU with biases,
+    bias-free softplus output, as the authors' classification loss); regression ``(ŷ, y)`` pairs
+    (2 inputs, shifted by ``target_mean`` and scaled by ``1 / target_std``, softplus output
+    times ``target_std²``: values in the units of the squared error)."""
+    if kind == "classification":
+        return MetaLossNetwork(2 * num_classes, tuple(hidden), "relu", use_bias=True,
+                               output_use_bias=False, output_activation="softplus")  # fmt: skip
+    scale = 1.0 / target_std
+    return MetaLossNetwork(
+        2,
+        tuple(hidden),
+        "relu",
+        use_bias=True,
+        output_activation="softplus",
+        input_shift=(target_mean, target_mean),
+        input_scale=(scale, scale),
+        output_scale=target_std**2,
+    )
+
+
+def fit_to_baseline(
+    network: keras.Model,
+    kind: str,
+    target_mean: float = 0.0,
+    target_std: float = 1.0,
+    steps: int = 500,
+    rows: int = 4096,
+    seed: int = 0,
+) -> float:
+    """Fit ``network``'s weights so that M_φ ≈ the hand-written loss of ``kind`` (a warm start).
+
+    Regression: ``M(ŷ, y) ≈ (ŷ − y)²`` on pairs ``y ~ N(μ, σ²)``, ``ŷ = y + σ·s·ε`` with
+    ``s ∈ {0.1, 0.5, 1, 2}``; classification: ``M(p, onehot y) ≈ −log p_y`` on softmax
+    probabilities of N(0, 3²) logits with random labels (half of them the arg-max class).
+    ``steps`` full-batch Adam steps (lr 1e-2) on the mean relative squared error
+    ``mean (M − ℓ)² / (ℓ + ℓ̄/100)²``, which it returns. Deterministic in ``seed``.
+
+    Example:
+        >>> net = default_meta_loss("classification", 10, (50, 50))
+        >>> fit_to_baseline(net, "classification") < 0.1
+        True
+    """
+    rng = np.random.default_rng([seed, 7])
+    if kind == "classification":
+        classes = _input_dim(network) // 2
+        logits = 3.0 * rng.standard_normal((rows, classes))
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        labels = np.where(rng.random(rows) < 0.5, p.argmax(1), rng.integers(classes, size=rows))
+        feats = np.concatenate([p, np.eye(classes)[labels]], axis=1)
+        target = -np.log(np.maximum(p[np.arange(rows), labels], 1e-7))
+    elif kind == "regression":
+        y = target_mean + target_std * rng.standard_normal(rows)
+        spread = rng.choice([0.1, 0.5, 1.0, 2.0], size=rows)
+        y_hat = y + target_std * spread * rng.standard_normal(rows)
+        feats = np.stack([y_hat, y], axis=1)
+        target = (y_hat - y) ** 2
+    else:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    feats = tf.constant(feats, network.compute_dtype)
+    target = tf.constant(target[:, None], network.compute_dtype)
+    was = network.trainable
+    network.trainable = True  # a LearnedLoss freezes its network; fitting needs its gradient
+    try:
+        variables = list(network.trainable_variables)
+        optimizer = keras.optimizers.Adam(1e-2)
+        optimizer.build(variables)
+        weight = 1.0 / tf.square(target + tf.reduce_mean(target))  # relative for large values
+
+        @tf.function
+        def fit(count):
+            error = tf.constant(0.0, network.compute_dtype)
+            for _ in tf.range(count):
+                with tf.GradientTape() as tape:
+                    error = tf.reduce_mean(weight * tf.square(network(feats) - target))
+                optimizer.apply(tape.gradient(error, variables), variables)
+            return error
+
+        return float(fit(tf.constant(steps)))
+    finally:
+        network.trainable = was
+
+
+def log_probabilities(y_pred: tf.Tensor, from_logits: bool) -> tf.Tensor:
+    """``log p`` ``(N, C)`` of a classifier's output: logits or probabilities ``(N, C)``, or one
+    sigmoid column ``(N, 1)``/``(N,)`` read as ``p = [1 − s, s]`` (as ``LearnedLoss`` reads it)."""
+    y_pred = tf.reshape(y_pred, (tf.shape(y_pred)[0], -1))
+    if y_pred.shape[-1] == 1:
+        if from_logits:
+            return tf.concat([-tf.math.softplus(y_pred), -tf.math.softplus(-y_pred)], axis=-1)
+        s = tf.clip_by_value(y_pred, 1e-7, 1 - 1e-7)
+        return tf.concat([tf.math.log(1 - s), tf.math.log(s)], axis=-1)
+    if from_logits:
+        return tf.nn.log_softmax(y_pred, axis=-1)
+    return tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0))
+
+
+def prediction_loss(kind: str, from_logits: bool, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
+    """The hand-written loss of ``kind``: MSE, or cross-entropy against one-hot ``y_true``."""
+    n = tf.shape(y_pred)[0]
+    if kind == "regression":
+        diff = tf.reshape(y_pred, (n, -1)) - tf.reshape(tf.cast(y_true, y_pred.dtype), (n, -1))
+        return tf.reduce_mean(tf.square(diff))
+    logp = log_probabilities(y_pred, from_logits)
+    return -tf.reduce_mean(tf.reduce_sum(tf.cast(y_true, logp.dtype) * logp, axis=-1))
+
+
+def one_hot(y_true: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """Integer labels ``(N,)``/``(N, 1)`` → one-hot float32 ``(N, C)``; one-hot ``(N, C)`` stays."""
+    if y_true.shape.rank == 2 and y_true.shape[-1] == num_classes and num_classes > 1:
+        return tf.cast(y_true, tf.float32)
+    return tf.one_hot(tf.cast(tf.reshape(y_true, (-1,)), tf.int32), num_classes)
 
 
 # --- the pretrained zoo ---------------------------------------------------------

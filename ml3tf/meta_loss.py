@@ -11,6 +11,7 @@ supervised losses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,13 @@ class MetaLossNetwork(keras.Model):
         output_use_bias: bias of the output layer; ``None`` (default) follows
             ``use_bias``. The authors' classification loss has hidden biases and a
             bias-free output (``use_bias=True, output_use_bias=False``).
+        input_shift, input_scale: an optional fixed affine map of the features before the first
+            layer, ``(features − shift) · scale`` (one value per feature, saved with the network;
+            not learned): puts regression targets of any units on the scale the network was
+            initialised for (``SupervisedTask.from_arrays`` sets them from the training targets).
+        output_scale: an optional fixed factor on the output (saved, not learned): with
+            ``input_scale = 1/σ`` and ``output_scale = σ²`` a loss network reads and returns
+            values in the targets' units (``M(ŷ, y) = σ² · g((ŷ − μ)/σ, (y − μ)/σ)``).
 
     Example:
         >>> import numpy as np
@@ -57,6 +65,9 @@ class MetaLossNetwork(keras.Model):
         output_activation: str = "softplus",
         kernel_initializer: str = "glorot_uniform",
         output_use_bias: bool | None = None,
+        input_shift: Sequence[float] | None = None,
+        input_scale: Sequence[float] | None = None,
+        output_scale: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -77,6 +88,11 @@ class MetaLossNetwork(keras.Model):
         self.output_activation = output_activation
         self.kernel_initializer = kernel_initializer
         self.output_use_bias = self.use_bias if output_use_bias is None else bool(output_use_bias)
+        self.input_shift = self._affine("input_shift", input_shift)
+        self.input_scale = self._affine("input_scale", input_scale)
+        if output_scale is not None and not (math.isfinite(float(output_scale)) and float(output_scale) > 0):
+            raise ValueError(f"output_scale must be a positive finite number, got {output_scale!r}")
+        self.output_scale = None if output_scale is None else float(output_scale)
         self.hidden_layers = [
             keras.layers.Dense(
                 h,
@@ -100,17 +116,34 @@ class MetaLossNetwork(keras.Model):
         self.output_layer.build(shape)
         self.built = True
 
+    def _affine(self, name: str, values: Sequence[float] | None) -> tuple[float, ...] | None:
+        if values is None:
+            return None
+        try:
+            out = tuple(float(v) for v in values)
+        except (TypeError, ValueError):
+            out = ()
+        if len(out) != self.input_dim or not all(math.isfinite(v) for v in out):
+            raise ValueError(f"{name} must hold {self.input_dim} finite numbers, got {values!r}")
+        return out
+
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         h = inputs
+        if self.input_shift is not None:
+            h = h - tf.constant(self.input_shift, h.dtype)
+        if self.input_scale is not None:
+            h = h * tf.constant(self.input_scale, h.dtype)
         for layer in self.hidden_layers:
             h = layer(h)
         out = self.output_layer(h)
         if self.output_activation == "softplus":
-            return tf.math.softplus(out)
-        if self.output_activation == "relu":
-            return tf.nn.relu(out)
-        if self.output_activation == "exp":
-            return tf.exp(out)
+            out = tf.math.softplus(out)
+        elif self.output_activation == "relu":
+            out = tf.nn.relu(out)
+        elif self.output_activation == "exp":
+            out = tf.exp(out)
+        if self.output_scale is not None:
+            out = out * tf.constant(self.output_scale, out.dtype)
         return out
 
     def loss_value(self, y_pred: Any, y_true: Any, extra: Any = None) -> tf.Tensor:
@@ -131,6 +164,11 @@ class MetaLossNetwork(keras.Model):
             kernel_initializer=self.kernel_initializer,
             output_use_bias=self.output_use_bias,
         )
+        for name in ("input_shift", "input_scale"):  # absent when unset: older files stay as they were
+            if getattr(self, name) is not None:
+                config[name] = list(getattr(self, name))
+        if self.output_scale is not None:
+            config["output_scale"] = self.output_scale
         return config
 
 

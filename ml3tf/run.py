@@ -343,11 +343,12 @@ def _learner_params(model: keras.Model) -> list:
     return [v.numpy() for v in model.trainable_variables]
 
 
-def _chunk_end(step: int, config: MetaTrainConfig) -> int:
+def _chunk_end(step: int, config: MetaTrainConfig, also_every: int = 0) -> int:
     """End (exclusive) of the next compiled chunk: at most ``steps_per_call`` steps,
-    never past a checkpoint, an evaluation, a selection window's end or the last step."""
+    never past a checkpoint, an evaluation, a selection window's end, a multiple of
+    ``also_every`` (``train_one``'s ``on_chunk``) or the last step."""
     end = min(config.meta_steps, step + config.steps_per_call)
-    for every in (config.checkpoint_every, config.eval_every, config.select_every):
+    for every in (config.checkpoint_every, config.eval_every, config.select_every, also_every):
         if every:
             end = min(end, (step // every + 1) * every)
     return end
@@ -443,6 +444,8 @@ def train_one(
     on_step: StepCallback | None = None,
     trainer: MetaTrainer | None = None,
     seeds: Sequence[int] | None = None,
+    on_chunk: Callable[[int], bool] | None = None,
+    chunk_every: int = 0,
 ) -> str:
     """Meta-train ``config.seed`` into ``run_dir`` (resuming if possible); returns the ``.keras`` path
     of what was learned: ``meta_loss.keras`` (``ml3``, ``ml3+maml``; the latter also writes
@@ -453,6 +456,10 @@ def train_one(
     — it is ``reset`` to ``config.seed``, which saves tracing its step again.
     ``seeds``: the seed set this run belongs to (recorded in ``config.json``; default
     ``[config.seed]``). The caller holds the folder's lock (``train`` does).
+    ``on_chunk(step)``: called after each compiled chunk (chunks end at multiples of
+    ``chunk_every`` too) with the meta-steps done; returning ``True`` ends training there: a
+    checkpoint is saved and the outputs are written as for a finished run (``ml3tf.learn_loss``'s
+    callbacks, e.g. early stopping). Running the folder again continues from that checkpoint.
     """
     record = _run_record(task, config, [config.seed] if seeds is None else seeds)
     _check_resume(run_dir, record)
@@ -497,7 +504,7 @@ def train_one(
     with open(metrics_path, "a") as metrics:
         step = start
         while step < config.meta_steps:
-            end = _chunk_end(step, config)
+            end = _chunk_end(step, config, chunk_every)
             infos = trainer.run_steps(step, end - step)  # raises NonFiniteError; no checkpoint then
             for k, info in enumerate(infos):
                 metrics.write(
@@ -538,6 +545,15 @@ def train_one(
                     _write_record(run_dir, record)
                     fresh = False
                 ckpt.save(step)
+            if on_chunk is not None and on_chunk(step) and step < config.meta_steps:
+                log.info("seed %d: training stopped at meta-step %d by on_chunk", config.seed, step)
+                if step % config.checkpoint_every:  # else saved just above
+                    metrics.flush()
+                    if fresh:
+                        _write_record(run_dir, record)
+                        fresh = False
+                    ckpt.save(step)
+                break
     if writer is not None:
         writer.close()
     if selection is not None:

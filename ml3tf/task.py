@@ -204,6 +204,50 @@ class SupervisedTask(Task):
     baseline_name = "mse"
     higher_is_better = False
 
+    # --- a task from the user's own data -------------------------------------------
+    @staticmethod
+    def from_arrays(
+        x: Any, y: Any, learner: Any, *, kind: str = "regression", **options: Any
+    ) -> SupervisedTask:
+        """A task drawn from your arrays, training your Keras model (``ml3tf.tasks.user_data``).
+
+        Support sets are random mini-batches of the training rows, query sets random rows of a
+        held-out validation split (``validation_data=(x_val, y_val)``, or ``validation_split``
+        of the rows); ``x`` and ``y`` may be lists of data sets (a multi-task distribution).
+        ``learner``: a built Keras model (cloned and re-initialised) or a function building one.
+        Other options: ``test_data``, ``batch_size``, ``query_size``, ``eval_tasks``,
+        ``eval_rows``, ``from_logits``, ``meta_loss_hidden``, ``meta_loss_init``, ``name``.
+
+        Example:
+            >>> task = ml3tf.SupervisedTask.from_arrays(x, y, learner=model, kind="classification")
+            >>> run = ml3tf.train(task, task.default_config(), out_dir="runs/mine")
+        """
+        from ml3tf.tasks.user_data import UserDataTask
+
+        return UserDataTask(x, y, learner, kind=kind, **options)
+
+    @staticmethod
+    def from_dataset(
+        dataset: Any, learner: Any, *, kind: str = "regression", validation_data: Any = None, **options: Any
+    ) -> SupervisedTask:
+        """``from_arrays`` on the rows of a finite ``tf.data.Dataset`` of ``(x, y)`` (batched or
+        not); ``validation_data`` and ``test_data`` may be data sets too.
+
+        Example:
+            >>> ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+            >>> task = ml3tf.SupervisedTask.from_dataset(ds, learner=model, kind="regression")
+        """
+        from ml3tf.tasks.user_data import dataset_arrays
+
+        x, y = dataset_arrays(dataset, "dataset")
+        if isinstance(validation_data, tf.data.Dataset):
+            validation_data = dataset_arrays(validation_data, "validation_data")
+        if isinstance(options.get("test_data"), tf.data.Dataset):
+            options["test_data"] = dataset_arrays(options["test_data"], "test_data")
+        return SupervisedTask.from_arrays(
+            x, y, learner, kind=kind, validation_data=validation_data, **options
+        )
+
     # --- what the loss network sees and what is optimised --------------------------
     def loss_features(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:
         """``[ŷ, y]`` concatenated on the last axis, flattened to ``(N, F)``."""
