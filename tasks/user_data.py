@@ -172,6 +172,16 @@ def dataset_arrays(dataset: tf.data.Dataset, name: str = "dataset") -> tuple[np.
     return join(xs), join(ys)
 
 
+def architecture(model: keras.Model) -> str:
+    """``model``'s Keras config as JSON, its own and its layers' names replaced by their order
+    (``dense_3`` is ``#1`` whichever name Keras counted up to): equal for equal architectures."""
+    text = json.dumps(keras.saving.serialize_keras_object(model), sort_keys=True, default=str)
+    names = [model.name] + [layer.name for layer in _layers(model)]
+    for i, name in sorted(enumerate(names), key=lambda item: -len(item[1])):  # longest first
+        text = text.replace(json.dumps(name), json.dumps(f"#{i}"))
+    return text
+
+
 def learner_builder(learner: Any, sample: np.ndarray) -> Callable[[], keras.Model]:
     """A function returning a fresh built copy of ``learner`` (a Keras model, or a function
     building one); the copy is re-initialised by its layers' initialisers."""
@@ -373,7 +383,7 @@ class UserDataTask(SupervisedTask):
         self.out_shape = tuple(out.shape[1:])
         self.width = width
         arrays = [a for s in self.train_sets + self.val_sets for a in s] + list(self.test_set or ())
-        config = json.dumps(keras.saving.serialize_keras_object(model), sort_keys=True, default=str)
+        config = architecture(model)
         self.options = UserDataOptions(
             kind=kind,
             batch_size=batch_size,
@@ -404,9 +414,18 @@ class UserDataTask(SupervisedTask):
 
     # --- the Task contract ---------------------------------------------------------------
     def default_config(self) -> MetaTrainConfig:
-        """5 inner SGD steps at 0.01 on the support mini-batch, 4 tasks per meta-step, Adam 1e-3 on φ."""
+        """5 inner SGD steps at 0.01 on the support mini-batch, 4 tasks per meta-step, Adam 1e-3 on φ;
+        the meta-test compiled with XLA unless the learner has convolutions (slow to compile on CPU)."""
+        conv = any(isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D)
+                   for layer in _layers(self._build()))  # fmt: skip
         return MetaTrainConfig(
-            inner_steps=5, inner_lr=1e-2, meta_lr=1e-3, meta_steps=500, meta_batch_size=4, eval_steps=100
+            inner_steps=5,
+            inner_lr=1e-2,
+            meta_lr=1e-3,
+            meta_steps=500,
+            meta_batch_size=4,
+            eval_steps=100,
+            eval_jit_compile=not conv,
         )
 
     def make_learner(self) -> keras.Model:
