@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 SERIALIZABLE_MODULES: tuple[str, ...] = (
     "ml3tf.meta_loss",
     "ml3tf.losses",
+    "ml3tf.online",
     "ml3tf.models.dynamics",
     "ml3tf.models.inertia",
     "ml3tf.models.lenet",

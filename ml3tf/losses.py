@@ -64,6 +64,17 @@ def decode_weights(records: Any) -> list[np.ndarray]:
     return out
 
 
+def freeze(network: keras.Model) -> None:
+    """Make every weight of ``network`` non-trainable. ``network.trainable = False`` alone does not
+    reach the variables of a network deserialized with ``trainable=False`` in its config (its
+    sublayers were built after the flag was set, and the setter sees no change)."""
+    network.trainable = False
+    for layer in network._flatten_layers():
+        layer.trainable = False
+    for v in network.weights:
+        v.trainable = False
+
+
 def _input_dim(network: keras.Model) -> int:
     dim = getattr(network, "input_dim", None)
     if dim is None:
@@ -126,7 +137,7 @@ class LearnedLoss(keras.losses.Loss):
         if not network.built:
             raise ValueError(f"network {network.name!r} must be built")
         self.network = network
-        self.network.trainable = False
+        freeze(network)
         self.kind = kind
         self.from_logits = bool(from_logits)
         if self.from_logits and kind != "classification":

@@ -57,6 +57,7 @@ def _copy_network(network: keras.Model) -> keras.Model:
     return copy
 
 
+@keras.saving.register_keras_serializable(package="ml3tf")
 class OnlineLossLearning(keras.Model):
     """Your Keras model, trained by ``fit`` on a loss network that learns online (module docstring).
 
@@ -120,6 +121,14 @@ class OnlineLossLearning(keras.Model):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         self.model = model
         self.kind = kind
+        self._init_args = {
+            "kind": kind,
+            "meta_batch_size": meta_batch_size,
+            "meta_lr": meta_lr,
+            "every": every,
+            "lookahead_lr": lookahead_lr,
+            "seed": seed,
+        }
         self.meta_data = meta_data
         self.every = every
         self.meta_lr = float(meta_lr)
@@ -177,10 +186,22 @@ class OnlineLossLearning(keras.Model):
             net = _copy_network(source)
         self.learned = LearnedLoss(net, kind=kind, from_logits=self.from_logits)  # freezes net
         self.meta_loss_network = net
+        self._meta_net = net
         self.num_classes = self.learned.input_dim // 2
         self.meta_optimizer = keras.optimizers.Adam(self.meta_lr)
         self.meta_optimizer.build(self._phi)
         self.meta_task_loss = keras.metrics.Mean(name="meta_task_loss")
+
+    @property
+    def trainable(self) -> bool:
+        return keras.Model.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        keras.Model.trainable.fset(self, value)
+        network = self.__dict__.get("meta_loss_network") or getattr(self, "_meta_net", None)
+        if network is not None:  # φ is never trained by fit's optimizer, whatever the flag
+            network.trainable = False
 
     @property
     def _phi(self) -> list:
@@ -202,6 +223,38 @@ class OnlineLossLearning(keras.Model):
         return LearnedLoss(
             _copy_network(self.meta_loss_network), kind=self.kind, from_logits=self.from_logits
         )
+
+    def get_config(self) -> dict[str, Any]:
+        """The wrapped model, the loss (with its weights) and the meta-step settings; the validation
+        rows are not saved: a loaded wrapper takes its meta batches from the training batches
+        (``meta_data="train"``) unless it is built again with ``validation_data``."""
+        config = super().get_config()
+        config.update(
+            self._init_args,
+            model=keras.saving.serialize_keras_object(self.model),
+            loss=keras.saving.serialize_keras_object(self.learned),
+            from_logits=self.from_logits,
+        )
+        return config
+
+    def get_compile_config(self) -> dict[str, Any] | None:
+        config = super().get_compile_config()
+        if config is not None:
+            config = {k: v for k, v in config.items() if k != "loss"}  # the learned loss is in get_config
+        return config
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """``compile`` with a loaded compile config (optimizer, metrics …; the loss is the learned one)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> OnlineLossLearning:
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(config.pop("model"))
+        loss = keras.saving.deserialize_keras_object(config.pop("loss"))
+        return cls(model, loss=loss, meta_data="train", **config)
 
     # --- the meta-step -----------------------------------------------------------------------
     def _meta_batch(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

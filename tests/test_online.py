@@ -161,3 +161,30 @@ def test_bad_arguments():
     online = ml3tf.OnlineLossLearning(model, "classification", loss="random")
     with pytest.raises(ValueError, match="leave loss= out of compile"):
         online.compile(optimizer="sgd", loss="mse")
+
+
+def test_the_wrapper_saves_and_loads_by_values(tmp_path):
+    x, y = _data()
+    online = ml3tf.OnlineLossLearning(_model(), "classification", loss="random", meta_lr=1e-2, every=2)
+    online.compile(optimizer="adam", metrics=["accuracy"])
+    online.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = str(tmp_path / "online.keras")
+    online.save(path)
+    back = keras.models.load_model(path, safe_mode=True)
+    assert isinstance(back, ml3tf.OnlineLossLearning) and back.every == 2 and back.meta_data == "train"
+    np.testing.assert_allclose(back.predict(x, verbose=0), online.predict(x, verbose=0), rtol=1e-6)
+    for a, b in zip(back._phi, online._phi, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert back.compiled and "accuracy" in str(back.get_compile_config()["metrics"])
+    back.fit(x, y, batch_size=16, epochs=1, verbose=0)  # trains on
+    back.trainable = True  # (what loading does) never hands φ to the model's optimizer
+    phi = {id(v) for v in back._phi}
+    assert phi and not phi & {id(v) for v in back.trainable_variables}
+
+
+def test_a_loaded_learned_loss_network_has_no_trainable_variable():
+    """``trainable=False`` in a deserialized network's config did not reach its variables, so an
+    ``OnlineLossLearning`` built from a loaded loss handed φ to the model's optimizer."""
+    loss = ml3tf.LearnedLoss(default_meta_loss("classification", 3, (4,)), kind="classification")
+    back = ml3tf.LearnedLoss.from_config(loss.get_config())
+    assert back.network.weights and not any(v.trainable for v in back.network.weights)
