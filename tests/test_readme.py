@@ -74,3 +74,27 @@ def test_readme_check_reports_a_changed_number(tmp_path):
     assert f"-{row.replace(number, changed, 1)}" in done.stdout and f"+{row}" in done.stdout
     assert "bench-sine" not in done.stdout  # only the block that differs is named
     assert copy.read_text() == edited  # nothing written
+
+
+def test_the_own_data_example_runs_as_written(tmp_path):
+    """The README's "Your own model and data" code: a loss learned for a user-defined model on
+    arrays, a fresh model trained with it through compile/fit, and the online wrapper."""
+    code = re.search(
+        r"<!-- example:own-data -->\n```python\n(.*?)```\n<!-- /example:own-data -->",
+        _read("README.md"),
+        re.S,
+    )
+    assert code, "the example block is missing"
+    done = subprocess.run(
+        [sys.executable, "-c", code.group(1)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    accuracies = [float(v) for v in re.findall(r"test accuracy: ([0-9.]+)", done.stdout)]
+    assert len(accuracies) == 2 and all(0.8 < a <= 1.0 for a in accuracies), done.stdout
+    for name in ("breast_cancer_loss.keras", "breast_cancer_model.keras"):
+        assert (tmp_path / name).is_file()
