@@ -285,7 +285,7 @@ def _checked(obj: object, origin: str) -> type[Task]:
         what = (
             f"class {obj.__module__}.{obj.__qualname__}"
             if inspect.isclass(obj)
-            else f"a {type(obj).__name__}"
+            else f"an object of type {type(obj).__name__}"
         )
         hint = " (name the Task class itself, not a factory)" if callable(obj) else ""
         raise ValueError(f"{origin} gives {what}, not a subclass of ml3tf.Task{hint}")
