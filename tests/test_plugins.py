@@ -25,6 +25,7 @@ PLUGIN_TASKS = '''
 
 import dataclasses
 
+import keras
 import numpy as np
 
 from ml3tf.config import MetaTrainConfig
@@ -56,10 +57,10 @@ class LineTask(SupervisedTask):
     def default_config(self):
         return MetaTrainConfig(inner_steps=1, inner_lr=0.05, meta_lr=0.01, meta_steps=5, eval_steps=5)
 
-    def make_learner(self):
+    def make_learner(self) -> keras.Model:
         return make_mlp(1, (), 1, name="line")
 
-    def make_meta_loss(self):
+    def make_meta_loss(self) -> keras.Model:
         return MetaLossNetwork(2, (4,), activation="tanh", use_bias=True)
 
     def _data(self, seed, index):
@@ -190,21 +191,11 @@ def test_tasks_lists_the_plugin_without_importing_it(site, tmp_path):
 
 
 def test_train_by_entry_point_name_then_eval_by_path(site, tmp_path):
-    run = tmp_path / "run"
-    done = _run(
-        site,
-        "train",
-        "toyplug",
-        "--out-dir",
-        str(run),
-        *TINY,
-        "--inner-lr",
-        "0.02",
-        "--slope",
-        "3",
-        cwd=tmp_path,
-    )
+    run, ev = tmp_path / "run", tmp_path / "ev"
+    flags = [*TINY, "--inner-lr", "0.02", "--slope", "3"]
+    done = _run(site, "train", "toyplug", "--out-dir", str(run), *flags, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr  # nothing logged with a stack either
     assert (run / "meta_loss.keras").is_file() and (run / "results.json").is_file()
     record = _json(run / "config.json")
     assert record["task"] == "toyplug" and record["task_options"] == {"n": 16, "slope": 3.0}
@@ -212,20 +203,8 @@ def test_train_by_entry_point_name_then_eval_by_path(site, tmp_path):
     trained = _json(run / "results.json")
     assert trained["task"] == "toyplug" and trained["steps"] == 2
 
-    ev = tmp_path / "ev"
-    done = _run(
-        site,
-        "eval",
-        PATH,
-        "--meta-loss",
-        str(run / "meta_loss.keras"),
-        "--out-dir",
-        str(ev),
-        "--seeds",
-        "0",
-        "--quiet",
-        cwd=tmp_path,
-    )
+    args = ["eval", PATH, "--meta-loss", str(run / "meta_loss.keras"), "--out-dir", str(ev), "--seeds", "0"]
+    done = _run(site, *args, "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     res = _json(ev / "results.json")
     # the run's config.json was read back (inner_lr 0.02, 2 steps, slope 3): the same numbers
