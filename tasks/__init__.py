@@ -192,7 +192,7 @@ def _plugins() -> dict[str, metadata.EntryPoint]:
     """The usable entry points of ``ENTRY_POINT_GROUP`` by name, read from the installed metadata
     (nothing is imported); clashes are logged once per process (until ``refresh()``)."""
     found: dict[str, metadata.EntryPoint] = {}
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _entry_points():
         if ep.name in _REGISTRY:
             logger.warning(
                 "plug-in task %r (%s) is ignored: the built-in task of that name is used", ep.name, _where(ep)
@@ -214,6 +214,29 @@ def _plugins() -> dict[str, metadata.EntryPoint]:
         else:
             found[ep.name] = ep
     return found
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    """The entry points of ``ENTRY_POINT_GROUP``, distribution by distribution in ``sys.path``
+    order: one distribution with an unreadable entry_points.txt is skipped (logged), instead of
+    failing every task lookup as ``metadata.entry_points()`` would."""
+    out: list[metadata.EntryPoint] = []
+    for dist in metadata.distributions():
+        try:
+            out.extend(dist.entry_points.select(group=ENTRY_POINT_GROUP))
+        except Exception as exc:  # a malformed file of some installed distribution
+            try:
+                ours = f"[{ENTRY_POINT_GROUP}]" in (dist.read_text("entry_points.txt") or "")
+                label = f"{dist.metadata.get('Name')} {dist.metadata.get('Version')}"
+            except Exception:
+                ours, label = False, "a distribution"
+            logger.log(
+                logging.WARNING if ours else logging.DEBUG,
+                "the entry points of %s cannot be read (%s): its plug-in tasks are ignored",
+                label,
+                _cause(exc),
+            )
+    return out
 
 
 def _check_name(name: object) -> None:

@@ -418,6 +418,26 @@ def test_the_ml3tf_script_reports_a_broken_plugin_in_one_line(broken_site, tmp_p
     ]
 
 
+def test_an_unreadable_entry_points_file_is_skipped(tmp_path, monkeypatch, caplog):
+    """A malformed entry_points.txt of one distribution costs its plug-ins only, not every task."""
+    _write_dist_info(str(tmp_path), "ml3tf-malformed", "0.2", {"fine": "ml3tf_malformed:Task"})
+    with open(tmp_path / "ml3tf_malformed-0.2.dist-info" / "entry_points.txt", "a") as f:
+        f.write("a line without an equals sign\n")
+    _write_dist_info(str(tmp_path), "ml3tf-other", "0.1", {"other": "ml3tf_other:Task"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tasks.refresh()
+    caplog.set_level("WARNING", logger="ml3tf.tasks")
+    try:
+        listed = tasks.names()
+        assert "other" in listed and "fine" not in listed and "sine" in listed
+        assert tasks.task_class("sine").__name__ == "SineTask"
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("ml3tf-malformed 0.2 cannot be read" in m for m in messages), messages
+    finally:
+        monkeypatch.undo()
+        tasks.refresh()
+
+
 def test_a_path_may_name_a_module_in_the_working_directory(tmp_path):
     """The ``ml3tf`` script's sys.path lacks the working directory; a ``module:Class`` finds it there."""
     (tmp_path / "cwd_task_module.py").write_text(
