@@ -6,8 +6,10 @@
     ml3tf eval  TASK --init-file FILE [FILE …] …    (a maml run's θ₀; with --meta-loss: ml3+maml)
     ml3tf export FILE --out-dir DIR [--kind classification] [--from-logits]
 
-``eval`` starts from the config.json that ``train`` wrote beside the first
-meta-loss file (same task), so a run is evaluated with its own protocol.
+TASK is a name of ``ml3tf tasks`` (built-in or an installed plug-in's entry point) or a
+``module:Class`` path (docs/plugins.md). ``eval`` starts from the config.json that ``train``
+wrote beside the first meta-loss file (same task: the ``name`` it records is the task class's),
+so a run is evaluated with its own protocol.
 
 Config flags are generated from ``MetaTrainConfig`` and the task's options
 dataclass (``--inner-lr``, ``--meta-steps``, ``--mode`` …); their defaults are the
@@ -26,7 +28,7 @@ import logging
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 PROG = "ml3tf"
@@ -99,7 +101,7 @@ def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[
 
     parser = _Parser(prog=PROG, description="ML3: meta-learning via learned loss, on TF2/Keras 3.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("tasks", help="list the registered tasks")
+    sub.add_parser("tasks", help="list the tasks: built-in and installed plug-ins")
     exp = sub.add_parser("export", help="export a meta_loss.keras as a SavedModel for serving")
     exp.add_argument("file", help="meta_loss.keras (from `ml3tf train`), or pretrained:NAME from the zoo")
     exp.add_argument("--out-dir", required=True, help="SavedModel folder to create (must be new or empty)")
@@ -120,7 +122,7 @@ def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[
 
     for cmd in ("train", "eval"):
         p = sub.add_parser(cmd, help=f"{cmd} a learned loss for TASK")
-        p.add_argument("task", help="task name (see `ml3tf tasks`)")
+        p.add_argument("task", help="task name (see `ml3tf tasks`), or a plug-in task as module:Class")
         p.add_argument("--out-dir", required=True, help="output folder (created; resumed by train)")
         p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds to run")
         p.add_argument(
@@ -150,14 +152,16 @@ def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[
     return parser, groups
 
 
-def _saved_run(meta_loss_path: str, task_name: str) -> dict[str, Any]:
+def _saved_run(meta_loss_path: str, task_names: Collection[str]) -> dict[str, Any]:
     """The ``config.json`` beside a ``meta_loss.keras`` made by ``ml3tf train`` for the same task.
 
     ``ml3tf eval`` starts from it, so that a run is evaluated with the protocol it was
-    trained with; flags given on the command line still win.
+    trained with; flags given on the command line still win. The record names the task by its
+    class's ``name``; ``task_names`` holds that and the TASK given (a plug-in may be given by
+    entry-point name or by ``module:Class`` path).
     """
     saved = _config_beside(meta_loss_path)
-    if saved is None or saved.get("task") != task_name:
+    if saved is None or saved.get("task") not in task_names:
         return {}
     opts = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.get("task_options", {}).items()}
     return {**saved, "task_options": opts}
@@ -220,6 +224,8 @@ def _main(argv: list[str]) -> int:
     if (argv and argv[0] in ("-h", "--help")) or not argv:
         _build_parser(None)[0].print_help()
         return 0 if argv else 2
+    if task_name is not None and ":" in task_name:
+        _modules_from_working_directory()
     parser, groups = _build_parser(task_name)
     args = parser.parse_args(argv)
     if args.command == "export":
@@ -228,8 +234,8 @@ def _main(argv: list[str]) -> int:
     from ml3tf import tasks
 
     if args.command == "tasks":
-        for name in tasks.names():
-            print(f"{name:16s} {tasks.describe(name)}")
+        for name in tasks.names():  # plug-ins are described without importing them
+            print(f"{name:16s} {tasks.describe(name, load=False)}")
         return 0
 
     logger = logging.getLogger("ml3tf")  # ours only: TensorFlow's INFO lines stay quiet
@@ -242,7 +248,8 @@ def _main(argv: list[str]) -> int:
     if args.command == "eval":
         if not args.meta_loss and not args.init_files:
             raise UsageError("eval needs --meta-loss FILE … and/or --init-file FILE …")
-        saved = _saved_run((args.meta_loss or args.init_files)[0], args.task)
+        recorded_as = {args.task, tasks.task_class(args.task).name}
+        saved = _saved_run((args.meta_loss or args.init_files)[0], recorded_as)
     task = tasks.get(args.task, **{**saved.get("task_options", {}), **_picked(args, groups["task"])})
     config = task.default_config()
     if "config" in saved:
@@ -280,6 +287,14 @@ def _main(argv: list[str]) -> int:
     elif results is not None:
         print(json.dumps(results["final"]))
     return 0
+
+
+def _modules_from_working_directory() -> None:
+    """A ``module:Class`` TASK may name a module in the working directory, as with ``python -m
+    ml3tf`` (the ``ml3tf`` script's own ``sys.path`` lacks it). Appended: installed modules win."""
+    cwd = os.getcwd()
+    if not any(entry in ("", ".") or os.path.abspath(entry) == cwd for entry in sys.path):
+        sys.path.append(cwd)
 
 
 def _kind_of_run(path: str) -> str | None:
