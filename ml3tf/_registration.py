@@ -74,9 +74,14 @@ def _register_when_ready(finished: str) -> None:
     # Called right after `finished` executed; its spec still says _initializing. Wait until no
     # other watched module is half-imported (`import tensorflow` imports keras inside, and
     # `import keras` imports tensorflow inside): our modules need both whole.
+    # Nor while one of ml3tf's own modules is half-imported (`import ml3tf.meta_loss` imports keras
+    # inside): registering imports them all, and would meet that one half-done. The finder calls
+    # this again when that module has finished.
     if _registered or "keras" not in sys.modules:
         return
     if any(_initializing(name) for name in _WATCHED - {finished}):
+        return
+    if any(_initializing(name) for name in list(sys.modules) if _own(name) and name != finished):
         return
     try:
         register()
@@ -88,11 +93,17 @@ def _register_when_ready(finished: str) -> None:
         )
 
 
+def _own(name: str) -> bool:
+    """A submodule of ml3tf (the package itself has finished its setup before it installs this)."""
+    return name.startswith("ml3tf.")
+
+
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the real loader's ``exec_module`` of the watched modules."""
+    """Finds nothing itself: wraps the real loader's ``exec_module`` of the watched modules
+    (keras, tensorflow) and of ml3tf's own submodules, to register once all are whole."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
-        if fullname not in _WATCHED or _registered:
+        if (fullname not in _WATCHED and not _own(fullname)) or _registered:
             return None
         for finder in list(sys.meta_path):
             if finder is self or not hasattr(finder, "find_spec"):

@@ -42,6 +42,8 @@ ORDERS = {
     "keras-then-ml3tf": "import keras\nimport ml3tf",
     "tensorflow-then-ml3tf": "import tensorflow\nimport ml3tf",
     "ml3tf-then-tensorflow": "import ml3tf\nimport tensorflow",
+    # a submodule that imports keras itself: registering must wait until it has finished
+    "meta_loss-then-keras": "import ml3tf.meta_loss\nimport keras",
 }
 
 
