@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ml3tf.data import as_rows, outputs_logits
 from ml3tf.functional import FunctionalModel
 from ml3tf.losses import KINDS, LearnedLoss, default_meta_loss, fit_to_baseline, one_hot, prediction_loss
 
@@ -139,8 +140,6 @@ class OnlineLossLearning(keras.Model):
         width = int(np.prod(out_shape)) if out_shape else None
         if kind == "classification":
             if from_logits is None:
-                from ml3tf.tasks.user_data import outputs_logits
-
                 from_logits = outputs_logits(model)
             self.from_logits = bool(from_logits)
         else:
@@ -149,8 +148,6 @@ class OnlineLossLearning(keras.Model):
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ValueError("validation_data must be (x_val, y_val)")
-            from ml3tf.tasks.user_data import as_rows
-
             xv = as_rows("validation_data x", validation_data[0]).astype(np.float32)
             yv = as_rows("validation_data y", validation_data[1], len(xv))
             self._meta_x, self._meta_y = tf.constant(xv), tf.constant(yv)

@@ -237,7 +237,7 @@ class SupervisedTask(Task):
             >>> ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
             >>> task = ml3tf.SupervisedTask.from_dataset(ds, learner=model, kind="regression")
         """
-        from ml3tf.tasks.user_data import dataset_arrays
+        from ml3tf.data import dataset_arrays
 
         x, y = dataset_arrays(dataset, "dataset")
         if isinstance(validation_data, tf.data.Dataset):

@@ -47,6 +47,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ml3tf.data import as_rows, fingerprint, layers_of, outputs_logits
 from ml3tf.functional import FunctionalModel
 from ml3tf.losses import LearnedLoss, default_meta_loss, fit_to_baseline, log_probabilities, prediction_loss
 from ml3tf.meta_trainer import MetaTrainConfig
@@ -123,60 +124,12 @@ class UserDataOptions:
             raise ValueError(f"target_std must be a positive finite number, got {self.target_std!r}")
 
 
-# --- checks of what the user gives ---------------------------------------------------------
-def as_rows(name: str, value: Any, rows: int | None = None) -> np.ndarray:
-    """``value`` as a finite numeric array with a leading row axis; ``ValueError`` naming ``name``."""
-    try:
-        a = np.asarray(value)
-    except Exception as exc:  # ragged lists and the like
-        raise ValueError(f"{name} is not an array: {exc}") from None
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    if a.ndim == 0:
-        raise ValueError(f"{name} needs a leading row axis, got a scalar")
-    if rows is not None and len(a) != rows:
-        raise ValueError(f"{name} has {len(a)} rows, x has {rows}")
-    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
-        bad = int(np.argwhere(~np.isfinite(a.reshape(len(a), -1)))[0][0])
-        raise ValueError(f"{name} holds NaN or infinite values (first in row {bad})")
-    return a
-
-
-def fingerprint(arrays: Sequence[np.ndarray]) -> str:
-    """sha256 of the arrays' dtypes, shapes and bytes (in order)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(json.dumps([a.dtype.str, list(a.shape)]).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def dataset_arrays(dataset: tf.data.Dataset, name: str = "dataset") -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` of a finite ``tf.data.Dataset`` of ``(x, y)`` elements, batched or not."""
-    if not isinstance(dataset, tf.data.Dataset):
-        raise ValueError(f"{name} must be a tf.data.Dataset, got {type(dataset).__name__}")
-    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
-        raise ValueError(f"{name} is infinite (e.g. .repeat()); give a finite data set")
-    spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) in (2, 3)):
-        raise ValueError(f"{name} must yield (x, y) pairs, its elements are {spec}")
-    batched = spec[0].shape.rank is not None and spec[0].shape.rank >= 1 and spec[0].shape[0] is None
-    xs, ys = [], []
-    for element in dataset.as_numpy_iterator():
-        xs.append(element[0])
-        ys.append(element[1])
-    if not xs:
-        raise ValueError(f"{name} is empty")
-    join = np.concatenate if batched else np.stack
-    return join(xs), join(ys)
-
-
+# --- the user's model -----------------------------------------------------------------------
 def architecture(model: keras.Model) -> str:
     """``model``'s Keras config as JSON, its own and its layers' names replaced by their order
     (``dense_3`` is ``#1`` whichever name Keras counted up to): equal for equal architectures."""
     text = json.dumps(keras.saving.serialize_keras_object(model), sort_keys=True, default=str)
-    names = [model.name] + [layer.name for layer in _layers(model)]
+    names = [model.name] + [layer.name for layer in layers_of(model)]
     for i, name in sorted(enumerate(names), key=lambda item: -len(item[1])):  # longest first
         text = text.replace(json.dumps(name), json.dumps(f"#{i}"))
     return text
@@ -218,14 +171,10 @@ def _built(model: keras.Model, sample: np.ndarray) -> keras.Model:
     return model
 
 
-def _layers(model: keras.Model) -> list[keras.layers.Layer]:
-    return [layer for layer in model._flatten_layers(include_self=False)]  # every nested layer
-
-
 def check_learner(model: keras.Model, x: np.ndarray) -> tf.Tensor:
     """Run ``model`` as ml3tf's inner loop does (``stateless_call``, training mode, gradient to
     every weight) on rows ``x``; its output. ``ValueError`` naming the layer that cannot."""
-    for layer in _layers(model):
+    for layer in layers_of(model):
         if getattr(layer, "stateful", False):
             raise ValueError(
                 f"learner layer {layer.name!r} ({type(layer).__name__}) is stateful (stateful=True): "
@@ -240,14 +189,14 @@ def check_learner(model: keras.Model, x: np.ndarray) -> tf.Tensor:
             total = tf.reduce_sum(tf.cast(out, tf.float32))
         grads = tape.gradient(total, params)
     except Exception as exc:
-        untested = [f"{layer.name!r} ({type(layer).__name__})" for layer in _layers(model)
+        untested = [f"{layer.name!r} ({type(layer).__name__})" for layer in layers_of(model)
                     if type(layer).__name__ not in TESTED_LAYERS]  # fmt: skip
         where = f"layer {untested[0]}" if untested else f"model {model.name!r}"
         raise ValueError(
             f"learner {where} cannot run as a stateless function of its weights "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from None
-    owners = {id(v): layer for layer in _layers(model) for v in layer.trainable_variables}
+    owners = {id(v): layer for layer in layers_of(model) for v in layer.trainable_variables}
     for v, g in zip(model.trainable_variables, grads, strict=True):
         if g is None:
             layer = owners.get(id(v))
@@ -417,7 +366,7 @@ class UserDataTask(SupervisedTask):
         """5 inner SGD steps at 0.01 on the support mini-batch, 4 tasks per meta-step, Adam 1e-3 on φ;
         the meta-test compiled with XLA unless the learner has convolutions (slow to compile on CPU)."""
         conv = any(isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D)
-                   for layer in _layers(self._build()))  # fmt: skip
+                   for layer in layers_of(self._build()))  # fmt: skip
         return MetaTrainConfig(
             inner_steps=5,
             inner_lr=1e-2,
@@ -519,18 +468,6 @@ class UserDataTask(SupervisedTask):
             count = o.eval_tasks
             out["test"] = (xs, ys, np.stack([xt] * count), np.stack([self.targets(yt)] * count))
         return out
-
-
-def outputs_logits(model: keras.Model) -> bool:
-    """Whether ``model``'s last layer outputs logits (no softmax/sigmoid activation)."""
-    layers = [layer for layer in _layers(model) if not isinstance(layer, keras.layers.InputLayer)]
-    if not layers:
-        return True
-    last = layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return False
-    activation = getattr(last, "activation", None)
-    return getattr(activation, "__name__", "linear") not in ("softmax", "sigmoid")
 
 
 def _check_labels(y: np.ndarray, num_classes: int, width: int) -> None:

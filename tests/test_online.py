@@ -24,9 +24,12 @@ def _model(outputs=3):
 
 @pytest.fixture
 def float64():
+    policy = keras.config.dtype_policy()  # cached at the first layer: floatx alone is not enough
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     yield
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy(policy)
 
 
 def test_meta_gradient_matches_finite_differences_float64(float64):
@@ -41,7 +44,8 @@ def test_meta_gradient_matches_finite_differences_float64(float64):
     online.compile(optimizer=keras.optimizers.SGD(0.1))
     xb, yb = tf.constant(x.astype(np.float64)), tf.constant(y)
     phi = [tf.convert_to_tensor(v) for v in online._phi]
-    assert all(p.dtype == tf.float64 for p in phi) and model.trainable_variables[0].dtype == "float64"
+    assert all(p.dtype == tf.float64 for p in phi), [p.dtype for p in phi] + [net.dtype_policy, online.meta_loss_network.dtype_policy]
+    assert model.trainable_variables[0].dtype == "float64"
     with tf.GradientTape() as tape:
         tape.watch(phi)
         value = online.meta_objective(xb, yb, phi)
