@@ -308,7 +308,8 @@ def _numeric_x(x: np.ndarray, name: str) -> np.ndarray:
         out = x.astype(np.float64)
     elif x.dtype.kind == "U":
         out = np.empty(x.shape, np.float64)
-        for (r, c), cell in np.ndenumerate(x):
+        for (r, c), value in np.ndenumerate(x):
+            cell = str(value)
             try:
                 out[r, c] = float(cell)
             except ValueError:
@@ -349,14 +350,14 @@ def rows_needed(test_fraction: float, validation_fraction: float) -> int:
 
 
 def check_fractions(test_fraction: float, validation_fraction: float) -> None:
-    """``ValueError`` unless both fractions lie in (0, 1) and leave training rows."""
+    """``ValueError`` unless both fractions lie in (0, 1) and sum to less than 1."""
     for flag, value in (("test_fraction", test_fraction), ("validation_fraction", validation_fraction)):
         if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
             raise ValueError(f"{flag} must be in (0, 1), got {value!r}")
-    if test_fraction + validation_fraction >= 0.9:
+    if test_fraction + validation_fraction >= 1.0:
         raise ValueError(
-            f"test_fraction + validation_fraction = {test_fraction + validation_fraction:g} leaves too few "
-            "training rows (it must be < 0.9)"
+            f"test_fraction + validation_fraction = {test_fraction + validation_fraction:g} leaves no "
+            "training rows (it must be < 1)"
         )
 
 
