@@ -350,12 +350,19 @@ def _add_learn_loss_parser(sub: Any) -> None:
     p.add_argument(
         "--target",
         default=None,
+        metavar="COL",
         help="CSV: the target column (required); NPZ: the target array's name (default: y; features: x)",
     )
     p.add_argument("--kind", required=True, choices=("regression", "classification"))
-    p.add_argument("--learner", default="mlp:64-64:relu", help="MLP spec (default: mlp:64-64:relu)")
-    p.add_argument("--out-dir", required=True, help="output folder to create (must be new or empty)")
-    p.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], help="seeds to run (default: 0)")
+    p.add_argument(
+        "--learner", default="mlp:64-64:relu", metavar="SPEC", help="MLP spec (default: mlp:64-64:relu)"
+    )
+    p.add_argument(
+        "--out-dir", required=True, metavar="DIR", help="output folder to create (must be new or empty)"
+    )
+    p.add_argument(
+        "--seeds", "--seed", type=int, nargs="+", default=[0], metavar="S", help="seeds to run (default: 0)"
+    )
     p.add_argument(
         "--online",
         action="store_true",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import logging
 import math
@@ -240,6 +241,8 @@ def _label(value: Any) -> Any:
 def _read_npz(path: str, target: str | None, kind: str) -> tuple:
     name = os.path.basename(path)
     key = target or "y"
+    if key == "x":
+        raise ValueError(f"{name}: array 'x' holds the features; --target names the target array (default y)")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -573,6 +576,9 @@ def learn_loss_on_table(
     Example:
         >>> res = learn_loss_on_table(load_table("d.csv", "y"), "runs/d", meta_steps=200, seeds=[0, 1])
     """
+    unknown = sorted(set(protocol) - {f.name for f in dataclasses.fields(Protocol)})
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} (see ml3tf.tabular.Protocol)")
     p = Protocol(**protocol)
     p.check()
     if verbose not in (0, 1, 2):

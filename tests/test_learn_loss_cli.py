@@ -207,6 +207,7 @@ def test_bad_npz_files(tmp_path, capsys):
     cases = [
         ({"a": x, "y": x[:, 0]}, [], ["no array 'x'", "(arrays: 'a', 'y')"]),
         ({"x": x, "y": x[:, 0]}, ["--target", "price"], ["no array 'price'"]),
+        ({"x": x, "y": x[:, 0]}, ["--target", "x"], ["array 'x' holds the features"]),
         (
             {"x": np.where(np.arange(60).reshape(20, 3) == 10, np.nan, x), "y": x[:, 0]},
             [],
@@ -264,6 +265,13 @@ def test_standardizer_keeps_constant_columns():
     assert s.mean.tolist() == [2.0, 5.0] and s.std.tolist() == [1.0, 1.0]
     assert s.apply(np.array([[3.0, 5.0]])).tolist() == [[1.0, 0.0]]
     assert tabular.Standardizer.fit(np.ones((2, 2)), enabled=False).mean.tolist() == [0.0, 0.0]
+
+
+def test_python_api_refuses_unknown_options(tmp_path):
+    table = tabular.load_table(_csv_with(tmp_path, {}), "y", "regression")
+    with pytest.raises(ValueError, match="unknown option"):
+        tabular.learn_loss_on_table(table, tmp_path / "out", epochs=1, epoch=2)
+    assert not (tmp_path / "out").exists()
 
 
 def test_help_does_not_import_tensorflow():
