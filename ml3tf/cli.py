@@ -5,6 +5,8 @@
     ml3tf eval  TASK --meta-loss FILE [FILE …] --out-dir DIR [--seeds …] [--eval-steps N]
     ml3tf eval  TASK --init-file FILE [FILE …] …    (a maml run's θ₀; with --meta-loss: ml3+maml)
     ml3tf export FILE --out-dir DIR [--kind classification] [--from-logits]
+    ml3tf learn-loss DATA.csv|DATA.npz --target COL --kind KIND --out-dir DIR [--online] …
+          (your own tabular data: docs/learn_loss_cli.md)
 
 TASK is a name of ``ml3tf tasks`` (built-in or an installed plug-in's entry point) or a
 ``module:Class`` path (docs/plugins.md). ``eval`` starts from the config.json that ``train``
@@ -113,6 +115,7 @@ def _build_parser(task_name: str | None) -> tuple[argparse.ArgumentParser, dict[
         "config.json beside FILE; a zoo entry's own kind; else regression)",
     )
     exp.add_argument("--from-logits", action="store_true", help="classification: y_pred holds logits")
+    _add_learn_loss_parser(sub)
     groups: dict[str, list[str]] = {}
     task_cls = None
     if task_name is not None:
@@ -230,6 +233,8 @@ def _main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.command == "export":
         return _export(args)
+    if args.command == "learn-loss":
+        return _learn_loss(args, argv)
 
     from ml3tf import tasks
 
@@ -330,6 +335,122 @@ def _export(args: argparse.Namespace) -> int:
         loss = LearnedLoss.from_file(args.file, **kwargs)
     path = export_saved_model(loss, args.out_dir)
     print(f"wrote SavedModel {path} (signature serving_default: y_pred, y_true -> loss, mean_loss)")
+    return 0
+
+
+def _add_learn_loss_parser(sub: Any) -> None:
+    """The ``learn-loss`` subcommand's flags (``ml3tf.tabular``; docs/learn_loss_cli.md)."""
+    p = sub.add_parser(
+        "learn-loss",
+        help="learn a loss for an MLP on your own CSV/NPZ data and compare it with MSE / cross-entropy",
+        description="Learn a loss for an MLP on a CSV (header row) or NPZ (arrays x, y) file, then train "
+        "fresh learners with it and with the hand-written loss and compare them on a held-out test split.",
+    )
+    p.add_argument("data", metavar="DATA", help="a .csv file with a header row, or an .npz file")
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="COL",
+        help="CSV: the target column (required); NPZ: the target array's name (default: y; features: x)",
+    )
+    p.add_argument("--kind", required=True, choices=("regression", "classification"))
+    p.add_argument(
+        "--learner", default="mlp:64-64:relu", metavar="SPEC", help="MLP spec (default: mlp:64-64:relu)"
+    )
+    p.add_argument(
+        "--out-dir", required=True, metavar="DIR", help="output folder to create (must be new or empty)"
+    )
+    p.add_argument(
+        "--seeds", "--seed", type=int, nargs="+", default=[0], metavar="S", help="seeds to run (default: 0)"
+    )
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="the learned arm learns its loss online during fit (ml3tf.OnlineLossLearning)",
+    )
+    p.add_argument(
+        "--online-init",
+        choices=("baseline", "random", "offline"),
+        default="baseline",
+        help="--online: the loss it starts from; offline: meta-train first, as without --online "
+        "(default: baseline)",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only the final metrics as one JSON line")
+    g = p.add_argument_group("data")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="held-out test rows (default: 0.2)")
+    g.add_argument("--validation-fraction", type=float, default=0.2, help="validation rows (default: 0.2)")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the row split (default: 0)")
+    g.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="standardise features and regression targets with training statistics (default: on)",
+    )
+    g = p.add_argument_group("training the learners (both arms)")
+    g.add_argument("--epochs", type=int, default=20, help="epochs of fit (default: 20)")
+    g.add_argument("--batch-size", type=int, default=32, help="rows per batch (default: 32)")
+    g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="(default: adam)")
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 0.001)")
+    g = p.add_argument_group("meta-training the loss (ml3tf.learn_loss)")
+    g.add_argument("--meta-steps", type=int, default=None, help="meta-steps (default: 500)")
+    g.add_argument("--inner-steps", type=int, default=5, help="inner steps per task (default: 5)")
+    g.add_argument("--inner-lr", type=float, default=1e-2, help="inner learning rate (default: 0.01)")
+    g.add_argument(
+        "--inner-optimizer", choices=("sgd", "momentum", "adam"), default="sgd", help="(default: sgd)"
+    )
+    g.add_argument("--meta-lr", type=float, default=1e-3, help="loss network's Adam rate (default: 0.001)")
+    g.add_argument("--meta-batch-size", type=int, default=4, help="tasks per meta-step (default: 4)")
+    g.add_argument(
+        "--meta-loss-init",
+        choices=("baseline", "random"),
+        default="baseline",
+        help="the loss network before meta-training: fitted to MSE / cross-entropy, or random "
+        "(default: baseline)",
+    )
+
+
+def _learn_loss(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``ml3tf learn-loss``: everything is checked before the output folder is created."""
+    if args.meta_steps is not None and args.online and args.online_init != "offline":
+        raise UsageError("--meta-steps: --online learns the loss during fit; add --online-init offline")
+    protocol = {
+        k: getattr(args, k)
+        for k in (
+            "learner", "seeds", "online", "online_init", "epochs", "batch_size", "optimizer", "lr",
+            "test_fraction", "validation_fraction", "split_seed", "standardize", "inner_steps",
+            "inner_lr", "inner_optimizer", "meta_lr", "meta_batch_size", "meta_loss_init",
+        )
+    }  # fmt: skip
+    protocol["meta_steps"] = 500 if args.meta_steps is None else args.meta_steps
+    from ml3tf import tabular
+
+    tabular.Protocol(**protocol).check()  # flags, then the folder, then the data
+    tabular.prepare_out_dir(args.out_dir)
+    table = tabular.load_table(args.data, args.target, args.kind)
+    tabular.split_rows(len(table.x), args.test_fraction, args.validation_fraction)  # enough rows?
+
+    logger = logging.getLogger("ml3tf")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    # TensorFlow's checkpointing (absl) gives the root logger a handler mid-run: print lines once.
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        results = tabular.learn_loss_on_table(
+            table, args.out_dir, verbose=0 if args.quiet else 1, command=[PROG, *argv], **protocol
+        )
+    finally:
+        logger.propagate = propagate
+    if args.quiet:
+        print(json.dumps(results["final"]))
+    else:
+        from ml3tf.results import format_summary
+
+        print(format_summary(results).replace(" steps:", " epochs:").replace(" step:", " epoch:"))
+        print(f"wrote {', '.join(results['meta_loss_files'])}")
+        print(f"wrote {os.path.join(args.out_dir, 'results.json')} and results.png")
     return 0
 
 
