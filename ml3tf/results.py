@@ -137,7 +137,7 @@ def plot_results(results: dict[str, Any], path: str) -> None:
             ax.plot(k, mean, color=color, label=label)
             ax.fill_between(k, mean - std, mean + std, color=color, alpha=0.2)
         ax.set_title(f"{results['task']}: {split} tasks")
-        ax.set_xlabel("meta-test gradient step")
+        ax.set_xlabel({"epoch": "epoch"}.get(results.get("curve_unit"), "meta-test gradient step"))
         ax.set_ylabel(results["metric"])
         ax.legend()
     fig.suptitle(f"mean ± std over seeds {results['seeds']}", fontsize=9)

@@ -389,9 +389,14 @@ class UserDataTask(SupervisedTask):
         """``default_meta_loss`` of the kind; with ``meta_loss_init="baseline"`` fitted to MSE / CE."""
         net = self._fresh_meta_loss()
         o = self.options
-        if o.meta_loss_init == "baseline":
-            error = fit_to_baseline(net, o.kind, o.target_mean, o.target_std)
-            log.info("loss network fitted to the %s baseline (relative error %.3g)", o.kind, error)
+        if o.meta_loss_init == "baseline":  # one fit per initial draw (a trainer asks again on reset)
+            fitted = self.__dict__.setdefault("_fitted", {})
+            key = fingerprint(net.get_weights())
+            if key not in fitted:
+                error = fit_to_baseline(net, o.kind, o.target_mean, o.target_std)
+                log.info("loss network fitted to the %s baseline (relative error %.3g)", o.kind, error)
+                fitted[key] = net.get_weights()
+            net.set_weights(fitted[key])
         return net
 
     def loss_features(self, y_pred: tf.Tensor, y_true: tf.Tensor) -> tf.Tensor:

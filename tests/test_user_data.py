@@ -307,3 +307,30 @@ def test_the_learner_identity_ignores_the_names_keras_counts_up():
     assert (
         SupervisedTask.from_arrays(x, y, learner=_mlp(activation="relu")).describe_options()["learner"] != one
     )
+
+
+def test_baseline_init_fits_once_per_draw_and_approximates_cross_entropy(monkeypatch):
+    from ml3tf.seeds import seeded
+    from ml3tf.tasks import user_data
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    labels = rng.integers(3, size=60)
+    task = SupervisedTask.from_arrays(
+        x, labels, learner=_mlp(outputs=3), kind="classification", meta_loss_init="baseline"
+    )
+    calls = []
+    real = user_data.fit_to_baseline
+    monkeypatch.setattr(user_data, "fit_to_baseline", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with seeded(3):
+        first = task.make_meta_loss()
+    with seeded(3):
+        again = task.make_meta_loss()  # what MetaTrainer.reset asks for: no second fit
+    assert len(calls) == 1
+    for a, b in zip(first.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    logits = tf.constant(rng.normal(size=(64, 3)).astype(np.float32))
+    onehot = tf.one_hot(rng.integers(3, size=64), 3)
+    ce = task.prediction_loss(logits, onehot)
+    learned = tf.reduce_mean(first(task.loss_features(logits, onehot)))
+    assert float(learned) == pytest.approx(float(ce), rel=0.2)
