@@ -192,3 +192,19 @@ def test_a_loaded_learned_loss_network_has_no_trainable_variable():
     loss = ml3tf.LearnedLoss(default_meta_loss("classification", 3, (4,)), kind="classification")
     back = ml3tf.LearnedLoss.from_config(loss.get_config())
     assert back.network.weights and not any(v.trainable for v in back.network.weights)
+
+
+def test_a_regression_loss_learned_online_exports_as_a_saved_model(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = (x[:, :1] * 30.0 + 100.0).astype(np.float32)
+    model = _model(outputs=1)
+    online = ml3tf.OnlineLossLearning(model, "regression", validation_data=(x[:16], y[:16]), meta_lr=1e-2)
+    online.compile(optimizer="adam")
+    online.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    loss = online.learned_loss()
+    path = ml3tf.export_saved_model(loss, str(tmp_path / "export" / "1"))
+    served = tf.saved_model.load(path).signatures["serving_default"]
+    y_pred = y[:8] + rng.normal(size=(8, 1)).astype(np.float32) * 20.0
+    out = served(y_pred=tf.constant(y_pred), y_true=tf.constant(y[:8]))
+    np.testing.assert_allclose(out["loss"].numpy(), loss.per_example(y[:8], y_pred).numpy(), rtol=1e-5)
