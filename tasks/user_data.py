@@ -89,9 +89,11 @@ class UserDataOptions:
     """Classification: the learner outputs logits (``False``: probabilities, softmax or sigmoid)."""
     meta_loss_hidden: tuple[int, ...] = (50, 50)
     """Hidden widths of the loss network (ReLU, softplus output)."""
-    meta_loss_init: str = "random"
-    """φ_0: ``random`` (the paper's Xavier draw) or ``baseline`` (the draw fitted to the
-    hand-written loss first, ``ml3tf.losses.fit_to_baseline``: meta-training starts from MSE / CE)."""
+    meta_loss_init: str = "baseline"
+    """φ_0: ``baseline`` (the Xavier draw fitted to the hand-written loss first,
+    ``ml3tf.losses.fit_to_baseline``: meta-training starts from MSE / CE) or ``random`` (the draw
+    as it is, the paper's start: a loss tuned only for K steps from a random network can train a
+    long run badly; ``bench/own_data.py`` compares)."""
     validation_split: float = 0.2
     """Fraction of the rows held out as the validation split when no ``validation_data`` is given."""
     num_classes: int = 0
@@ -234,7 +236,7 @@ class UserDataTask(SupervisedTask):
         eval_rows: int = 256,
         from_logits: bool | None = None,
         meta_loss_hidden: Sequence[int] = (50, 50),
-        meta_loss_init: str = "random",
+        meta_loss_init: str = "baseline",
         name: str = "user_data",
     ) -> None:
         if kind not in KINDS:
