@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -27,17 +26,11 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 ZOO = os.path.join(REPO, "models", "pretrained")
 
+from ml3tf.results import file_sha256  # noqa: E402  (after the path set-up)
+
 #: name → (task name, task options, meta-training seed)
 RECIPES = {"sine": ("sine", {}, 0)}
 EVAL_SEEDS = [0, 1, 2, 3, 4]
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make(name: str) -> dict:
@@ -57,7 +50,7 @@ def make(name: str) -> dict:
         shutil.copy(run.meta_loss_paths[0], dest)
     return {
         "file": f"{name}.keras",
-        "sha256": sha256(dest),
+        "sha256": file_sha256(dest),
         "task": task_name,
         "task_options": task.describe_options(),
         "config": config.to_dict(),

@@ -17,7 +17,6 @@ so a model compiled with it survives ``model.save("m.keras")`` →
 from __future__ import annotations
 
 import base64
-import hashlib
 import importlib.util
 import json
 import os
@@ -29,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.meta_loss import MetaLossNetwork, load_meta_loss
+from ml3tf.results import file_sha256
 
 KINDS = ("regression", "classification")
 
@@ -471,14 +471,6 @@ def one_hot(y_true: tf.Tensor, num_classes: int) -> tf.Tensor:
 
 
 # --- the pretrained zoo ---------------------------------------------------------
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def zoo_dir() -> str:
     """``pretrained/`` of the installed ``ml3tf.models`` package (found without importing it)."""
     spec = importlib.util.find_spec(ZOO_PACKAGE)

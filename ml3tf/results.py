@@ -12,12 +12,22 @@ averaged over the split's tasks and then over seeds; ``std`` is across seeds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from typing import Any
 
 import numpy as np
+
+
+def file_sha256(path: str) -> str:
+    """sha256 hex digest of the file at ``path`` (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def summarize(

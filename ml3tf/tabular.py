@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -38,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ml3tf.results import file_sha256
 
 log = logging.getLogger("ml3tf")
 
@@ -83,14 +84,6 @@ def _names(names: Sequence[str], limit: int = 20) -> str:
     return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_table(path: str | os.PathLike, target: str | None = None, kind: str = "regression") -> Table:
     """Read a ``.csv`` (header row; ``target`` names the target column) or ``.npz`` (arrays ``x``
     and ``target``, default ``"y"``) file and check it for ``kind``.
@@ -115,7 +108,8 @@ def load_table(path: str | os.PathLike, target: str | None = None, kind: str = "
         raise ValueError(f"data file {path!r} is not a file")
     reader = _read_csv if ext == ".csv" else _read_npz
     x, y, features, target_name, classes = reader(path, target, kind)
-    return Table(x, y, kind, features, target_name, os.path.abspath(path), ext[1:], _sha256(path), classes)
+    digest = file_sha256(path)
+    return Table(x, y, kind, features, target_name, os.path.abspath(path), ext[1:], digest, classes)
 
 
 def _read_csv(path: str, target: str | None, kind: str) -> tuple:
