@@ -36,6 +36,33 @@ from typing import Any
 PROG = "ml3tf"
 
 
+class _Console(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is at each record: an in-process caller of
+    ``main`` (tests, notebooks) may swap it and close the old one."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _console_log(quiet: bool) -> logging.Logger:
+    """The ``ml3tf`` logger with one console handler (message only), at INFO (WARNING if quiet)."""
+    logger = logging.getLogger("ml3tf")
+    if not any(isinstance(h, _Console) for h in logger.handlers):
+        handler = _Console()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    return logger
+
+
 class UsageError(Exception):
     """Bad command-line input (exit code 2)."""
 
@@ -243,12 +270,7 @@ def _main(argv: list[str]) -> int:
             print(f"{name:16s} {tasks.describe(name, load=False)}")
         return 0
 
-    logger = logging.getLogger("ml3tf")  # ours only: TensorFlow's INFO lines stay quiet
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    _console_log(args.quiet)  # ours only: TensorFlow's INFO lines stay quiet
     saved = {}
     if args.command == "eval":
         if not args.meta_loss and not args.init_files:
@@ -429,12 +451,7 @@ def _learn_loss(args: argparse.Namespace, argv: Sequence[str]) -> int:
     table = tabular.load_table(args.data, args.target, args.kind)
     tabular.split_rows(len(table.x), args.test_fraction, args.validation_fraction)  # enough rows?
 
-    logger = logging.getLogger("ml3tf")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger = _console_log(args.quiet)
     # TensorFlow's checkpointing (absl) gives the root logger a handler mid-run: print lines once.
     propagate, logger.propagate = logger.propagate, False
     try:

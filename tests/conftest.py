@@ -8,8 +8,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # so the rest of the suite runs exactly as a user's RL process would.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import logging
+
 import keras
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _root_log_handlers():
+    """Root logging handlers a test adds are removed after it. TensorFlow's checkpointing gives
+    the root logger a stream handler on the stderr of the moment, which under capsys is a
+    capture file closed after the test: later tests' log records then fail to print."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in before:
+            root.removeHandler(handler)
 
 
 @pytest.fixture

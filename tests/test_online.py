@@ -22,16 +22,6 @@ def _model(outputs=3):
     )
 
 
-@pytest.fixture
-def float64():
-    policy = keras.config.dtype_policy()  # cached at the first layer: floatx alone is not enough
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx("float32")
-    keras.config.set_dtype_policy(policy)
-
-
 def test_meta_gradient_matches_finite_differences_float64(float64):
     """∇_φ L_task(θ − α∇_θ M_φ) against central differences, in float64."""
     x, y = _data()
