@@ -54,6 +54,12 @@ def _copy_network(network: keras.Model) -> keras.Model:
             (None, network.input_dim if hasattr(network, "input_dim") else network.inputs[0].shape[-1])
         )
     copy.set_weights(network.get_weights())
+    # A frozen network's config says trainable=False, so the copy is created frozen before its
+    # sub-layers exist: they stay trainable, and a second `trainable = False` changes nothing.
+    # Freeze every layer, or fit's optimizer (which collects sub-layer variables) trains φ to
+    # shrink the loss itself.
+    for layer in copy._flatten_layers(include_self=True):
+        layer.trainable = False
     return copy
 
 
