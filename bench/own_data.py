@@ -735,7 +735,7 @@ def main() -> None:
             "what": "hyper-parameters of the learned arms of bench/own_data.py, chosen on the "
             "validation split",
             "how": tune.__doc__.split("\n\n")[0].replace("\n    ", " "),
-            "command": "python bench/own_data.py " + " ".join(sys.argv[1:]),
+            "command": " ".join(["python bench/own_data.py", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%d"),
             "machine": machine(),
             "seeds": seeds,
@@ -786,7 +786,7 @@ def main() -> None:
     )
     res = {
         "what": "your own model and data: learned loss (offline ML3, online) vs hand-written loss",
-        "command": "python bench/own_data.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/own_data.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "quick": args.quick,
