@@ -47,6 +47,8 @@ RL = [
     "gym==0.23.0",  # tf_agents imports it; newer gym releases break on numpy 2
     *TENSORBOARD,
 ]
+# bench/own_data.py: MNIST-1D generated locally by the mnist1d package (make_dataset; no download).
+BENCH = [*CLASSIFICATION, "mnist1d>=0.0.2,<0.1"]
 TEST = [
     *CLASSIFICATION,
     "pytest>=8",
@@ -78,6 +80,7 @@ setup(
         "tensorboard": TENSORBOARD,
         "classification": CLASSIFICATION,
         "rl": RL,
+        "bench": BENCH,
         # Everything the test suite runs beside TensorFlow (pick it with cpu/gpu/tpu): RL, notebooks, lint.
         "test": [*TENSORBOARD, *RL, *TEST],
     },

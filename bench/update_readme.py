@@ -32,7 +32,9 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``reacher-goal-relative-linear``: docs/results/reacher_goal_relative_linear/results.json, written by
   the same command with ``--loss-features goal_relative --meta-loss-output linear --out-dir …``;
 * ``mountain-car``: docs/results/mountain_car/results.json (and mountain_car_1000/), written by
-  ``python bench/mountain_car.py``.
+  ``python bench/mountain_car.py``;
+* ``own-data``: bench/results/own_data.json, written by ``python bench/own_data.py`` (its
+  hyper-parameters: bench/results/own_data_tuning.json, by ``python bench/own_data.py --tune``).
 """
 
 from __future__ import annotations
@@ -369,6 +371,22 @@ def render_reacher(path: str = "docs/results/reacher/results.json") -> str:
     return _bench_table("reacher", path)
 
 
+def render_own_data() -> str:
+    """The table of ``bench/own_data.py`` (importing it imports no TensorFlow)."""
+    path = "bench/results/own_data.json"
+    with open(os.path.join(REPO, path)) as f:
+        res = json.load(f)
+    tuning = "bench/results/own_data_tuning.json"
+    return (
+        _bench_module("own_data").table(res)
+        + f"\n\nWritten by `{res['command'].strip()}` into [{path}]({path}) ({res['wall_seconds']:.0f} s"
+        + (f", load average {res['load_average_end']:.1f} at the end" if "load_average_end" in res else "")
+        + "); learning curves: [docs/results/own_data/learning_curves.png]"
+        "(docs/results/own_data/learning_curves.png); the learned arms' hyper-parameters were chosen on "
+        f"the validation split by `python bench/own_data.py --tune` ([{tuning}]({tuning}))."
+    )
+
+
 BLOCK = re.compile(r"<!-- generated:([\w-]+) -->\n(.*?)\n<!-- /generated:\1 -->", re.S)
 
 
@@ -434,6 +452,8 @@ def render(text: str) -> tuple[str, list[str]]:
     variant = "docs/results/reacher_goal_relative_linear/results.json"
     if _exists(variant):
         put("reacher-goal-relative-linear", render_reacher(variant))
+    if _exists("bench", "results", "own_data.json"):
+        put("own-data", render_own_data())
     return text, done
 
 
