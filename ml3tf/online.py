@@ -222,9 +222,10 @@ class OnlineLossLearning(keras.Model):
         )
 
     def get_config(self) -> dict[str, Any]:
-        """The wrapped model, the loss (with its weights) and the meta-step settings; the validation
-        rows are not saved: a loaded wrapper takes its meta batches from the training batches
-        (``meta_data="train"``) unless it is built again with ``validation_data``."""
+        """The wrapped model, the loss (with its weights) and the meta-step settings. Not saved: the
+        validation rows (a loaded wrapper takes its meta batches from the training batches,
+        ``meta_data="train"``, unless it is built again with ``validation_data``) and the moments
+        of φ's Adam (it starts afresh)."""
         config = super().get_config()
         config.update(
             self._init_args,
