@@ -183,7 +183,6 @@ class OnlineLossLearning(keras.Model):
             net = _copy_network(source)
         self.learned = LearnedLoss(net, kind=kind, from_logits=self.from_logits)  # freezes net
         self.meta_loss_network = net
-        self._meta_net = net
         self.num_classes = self.learned.input_dim // 2
         self.meta_optimizer = keras.optimizers.Adam(self.meta_lr)
         self.meta_optimizer.build(self._phi)
@@ -196,7 +195,7 @@ class OnlineLossLearning(keras.Model):
     @trainable.setter
     def trainable(self, value: bool) -> None:
         keras.Model.trainable.fset(self, value)
-        network = self.__dict__.get("meta_loss_network") or getattr(self, "_meta_net", None)
+        network = self.__dict__.get("meta_loss_network")  # absent while Keras' __init__ sets the flag
         if network is not None:  # φ is never trained by fit's optimizer, whatever the flag
             network.trainable = False
 
