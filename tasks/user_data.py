@@ -332,6 +332,8 @@ class UserDataTask(SupervisedTask):
             target_std = float(train_y.std()) or 1.0
             self.num_classes = 0
         self.out_shape = tuple(out.shape[1:])
+        conv = keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D
+        self.has_conv = any(isinstance(layer, conv) for layer in layers_of(model))
         self.width = width
         arrays = [a for s in self.train_sets + self.val_sets for a in s] + list(self.test_set or ())
         config = architecture(model)
@@ -367,8 +369,6 @@ class UserDataTask(SupervisedTask):
     def default_config(self) -> MetaTrainConfig:
         """5 inner SGD steps at 0.01 on the support mini-batch, 4 tasks per meta-step, Adam 1e-3 on φ;
         the meta-test compiled with XLA unless the learner has convolutions (slow to compile on CPU)."""
-        conv = any(isinstance(layer, keras.layers.Conv1D | keras.layers.Conv2D | keras.layers.Conv3D)
-                   for layer in layers_of(self._build()))  # fmt: skip
         return MetaTrainConfig(
             inner_steps=5,
             inner_lr=1e-2,
@@ -376,7 +376,7 @@ class UserDataTask(SupervisedTask):
             meta_steps=500,
             meta_batch_size=4,
             eval_steps=100,
-            eval_jit_compile=not conv,
+            eval_jit_compile=not self.has_conv,
         )
 
     def make_learner(self) -> keras.Model:
