@@ -538,21 +538,16 @@ def train_one(
                         "seed %d: the evaluation at meta-step %d diverged %s", config.seed, step, diverged
                     )
                 metrics.write(json.dumps(line, allow_nan=False) + "\n")
-            if step % config.checkpoint_every == 0 or step == config.meta_steps:
+            stop = on_chunk is not None and on_chunk(step) and step < config.meta_steps
+            if step % config.checkpoint_every == 0 or step == config.meta_steps or stop:
                 metrics.flush()
                 os.fsync(metrics.fileno())
                 if fresh:
                     _write_record(run_dir, record)
                     fresh = False
                 ckpt.save(step)
-            if on_chunk is not None and on_chunk(step) and step < config.meta_steps:
+            if stop:
                 log.info("seed %d: training stopped at meta-step %d by on_chunk", config.seed, step)
-                if step % config.checkpoint_every:  # else saved just above
-                    metrics.flush()
-                    if fresh:
-                        _write_record(run_dir, record)
-                        fresh = False
-                    ckpt.save(step)
                 break
     if writer is not None:
         writer.close()
