@@ -204,19 +204,20 @@ def _config_beside(path: str) -> dict[str, Any] | None:
     return read_record(os.path.dirname(os.path.abspath(path)))
 
 
-def _progress_callback(meta_steps: int, quiet: bool):
+def _progress_callback(meta_steps: int, quiet: bool, seeds: Sequence[int] = (0,)):
+    """One progress bar over every seed's meta-steps (several seeds train side by side)."""
     if quiet:
         return None
     import keras
 
-    bars: dict[int, Any] = {}
+    seeds = list(seeds)
+    done = dict.fromkeys(seeds, 0)
+    print(f"meta-training seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}", file=sys.stderr)
+    bar = keras.utils.Progbar(meta_steps * len(seeds), stateful_metrics=["task_loss", "initial_loss"])
 
     def on_step(seed: int, step: int, info: Any) -> None:
-        bar = bars.get(seed)
-        if bar is None:
-            print(f"seed {seed}", file=sys.stderr)
-            bar = bars[seed] = keras.utils.Progbar(meta_steps, stateful_metrics=["task_loss", "initial_loss"])
-        bar.update(step + 1, [("task_loss", info.task_loss), ("initial_loss", info.initial_loss)])
+        done[seed] = step + 1
+        bar.update(sum(done.values()), [("task_loss", info.task_loss), ("initial_loss", info.initial_loss)])
 
     return on_step
 
@@ -295,7 +296,7 @@ def _main(argv: list[str]) -> int:
             args.out_dir,
             seeds=args.seeds,
             evaluate=not args.no_eval,
-            on_step=_progress_callback(config.meta_steps, args.quiet),
+            on_step=_progress_callback(config.meta_steps, args.quiet, args.seeds or [config.seed]),
         )
         results = run.results
         if not args.quiet:

@@ -133,7 +133,7 @@ class MetaTestEngine:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
         self._fns: dict[Any, Callable] = {}
-        self._init_fns: dict[int, Callable] = {}
+        self._init_fn: Callable | None = None
 
     @classmethod
     def for_config(
@@ -159,16 +159,17 @@ class MetaTestEngine:
     # --- θ₀ ------------------------------------------------------------------------------
     def initial_params(self, seed: int, count: int) -> list[tf.Tensor]:
         """Stacked θ₀ ``(count, …)`` of meta-test learners ``0 … count − 1`` of ``seed`` (Xavier,
-        zero biases; in the plain graph: XLA's stateless RNG draws other numbers)."""
-        fn = self._init_fns.get(count)
-        if fn is None:
+        zero biases; in the plain graph: XLA's stateless RNG draws other numbers). One traced
+        draw mapped over the learners' seeds, whatever ``count``."""
+        if self._init_fn is None:
+            dtype = tf.as_dtype(keras.config.floatx())
+            signature = [tf.TensorSpec(s, dtype) for s in self.learner.shapes]
 
             def init(seeds):
-                inits = [self.learner.init_params(seeds[t]) for t in range(count)]
-                return [tf.stack(p) for p in zip(*inits, strict=True)]
+                return tf.map_fn(self.learner.init_params, seeds, fn_output_signature=signature)
 
-            fn = self._init_fns[count] = tf.function(init)
-        return fn(tf.constant(meta_test_seeds(seed, count)))
+            self._init_fn = tf.function(init, autograph=False)
+        return self._init_fn(tf.constant(meta_test_seeds(seed, count)))
 
     def check_params(self, params: Sequence[Sequence[Any]]) -> None:
         """Raise ``ValueError`` unless every θ₀ in ``params`` has the shapes of the learner's weights."""
@@ -265,7 +266,7 @@ class MetaTestEngine:
                 params = [tf.transpose(x, [1, 0, *range(2, len(x.shape))]) for x in path]
             return out, params
 
-        return tf.function(curves, jit_compile=self.jit_compile)
+        return tf.function(curves, jit_compile=self.jit_compile, autograph=False)
 
 
 def functional_learner(task: Any) -> FunctionalModel:

@@ -209,7 +209,15 @@ def _advance(loss_fn, params, state, optimizer, opt_state, n: int, loop: str, fi
 
 
 def _segmented(
-    loss_fn, params, state, optimizer, opt_state, n: int, segment_length: int, first_order: bool = False
+    loss_fn,
+    params,
+    state,
+    optimizer,
+    opt_state,
+    n: int,
+    segment_length: int,
+    first_order: bool = False,
+    captured: Sequence[tf.Tensor] = (),
 ):
     """``n`` steps whose backward pass recomputes one segment at a time (exact, O(K/S + S) memory).
 
@@ -219,9 +227,11 @@ def _segmented(
     under a tape and chain ``tape.gradient(end, [start, φ], output_gradients=∂L/∂end)``.
     Both passes are ``tf.while_loop``s over segments, so the graph size does not grow
     with K. (``tf.recompute_grad`` does not work around an inner step that opens its
-    own tape.)
+    own tape.) ``captured``: tensors ``loss_fn`` reads besides θ (φ as values): the custom
+    gradient routes their gradient explicitly (variables it finds by itself).
     """
     structure = (list(params), list(state), opt_state)
+    captured = list(captured)
     flat_in = tf.nest.flatten(structure)
     n_full, rem = divmod(n, segment_length)
 
@@ -232,18 +242,19 @@ def _segmented(
     def segment_grads(start, length, d_end, variables):
         with tf.GradientTape() as tape:
             tape.watch(start)
+            tape.watch(captured)
             end = advance(start, length)
         grads = tape.gradient(
             end,
-            list(start) + variables,
+            list(start) + captured + variables,
             output_gradients=d_end,
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
         return grads[: len(start)], grads[len(start) :]
 
     @tf.custom_gradient
-    def run(*flat):
-        first = list(flat)
+    def run(*flat_and_captured):
+        first = list(flat_and_captured[: len(flat_in)])
         carry = advance(first, rem) if rem else first  # the odd-sized segment goes first
         starts = [tf.TensorArray(t.dtype, size=n_full, element_shape=t.shape) for t in carry]
 
@@ -258,7 +269,7 @@ def _segmented(
         def grad_fn(*upstream, variables=None):
             variables = list(variables or [])
             d_carry = [tf.zeros_like(c) if u is None else u for u, c in zip(upstream, end, strict=True)]
-            d_vars = [tf.zeros_like(v) for v in variables]
+            d_vars = [tf.zeros_like(v) for v in [*captured, *variables]]
 
             def backward(j, d, dv):
                 start = [ta.read(n_full - 1 - j) for ta in starts]
@@ -274,11 +285,12 @@ def _segmented(
             if rem:
                 d_carry, g_vars = segment_grads(first, rem, d_carry, variables)
                 d_vars = [a + b for a, b in zip(d_vars, g_vars, strict=True)]
-            return d_carry, d_vars
+            n_cap = len(captured)
+            return [*d_carry, *d_vars[:n_cap]], d_vars[n_cap:]
 
         return end, grad_fn
 
-    out = run(*flat_in)
+    out = run(*flat_in, *captured)
     p, s, o = tf.nest.pack_sequence_as(structure, list(out))
     return list(p), list(s), o
 
@@ -295,6 +307,7 @@ def unroll(
     segment_length: int = 25,
     truncate_steps: int = 0,
     first_order: bool = False,
+    captured: Sequence[tf.Tensor] = (),
 ) -> UnrollResult:
     """K differentiable inner steps ``θ_{k+1} = opt(θ_k, ∇_θ L_φ(θ_k))``.
 
@@ -319,6 +332,9 @@ def unroll(
         truncate_steps: T for ``backprop="truncated"`` (T ≥ K is the full gradient).
         first_order: stop the gradient through the inner gradients (first-order MAML:
             with SGD, ``∂θ_K/∂θ_0`` becomes the identity); see ``inner_step``.
+        captured: tensors ``loss_fn`` reads besides θ whose gradient is wanted (φ passed as
+            values, not variables); only ``backprop="segmented"`` needs them named, for its
+            custom gradient.
 
     Returns:
         An ``UnrollResult`` whose ``params`` are θ_K, differentiable w.r.t. anything
@@ -350,7 +366,7 @@ def unroll(
     rest = steps - 1
     if backprop == "segmented" and rest > 0:
         params, state, opt_state = _segmented(
-            loss_fn, params, state, optimizer, opt_state, rest, int(segment_length), fo
+            loss_fn, params, state, optimizer, opt_state, rest, int(segment_length), fo, captured
         )
     elif backprop == "truncated" and steps > int(truncate_steps):
         prefix = steps - int(truncate_steps) - 1  # steps after the first that get no gradient

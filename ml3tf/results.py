@@ -4,10 +4,12 @@
      "curves": {split: {method: {"mean": [...], "std": [...]}}},
      "final":  {split: {"learned", "learned_std", "baseline", "baseline_std"}},
      "at_step_1": {split: {...same keys...}},
+     "seed_curves": {split: {method: [[...] per seed]}},
      "baseline", "config", "wall_seconds"}
 
 ``curves[split][method]["mean"][k]`` is the metric after k steps (k = 0 … steps),
 averaged over the split's tasks and then over seeds; ``std`` is across seeds.
+``seed_curves[split][method][i]`` is seed ``seeds[i]``'s curve (``one_seed`` rebuilds its results).
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ def summarize(
     out_curves: dict[str, Any] = {}
     final: dict[str, Any] = {}
     step1: dict[str, Any] = {}
+    seed_curves: dict[str, Any] = {}
     for split, methods in curves.items():
         out_curves[split] = {}
         final[split] = {}
         step1[split] = {}
+        seed_curves[split] = {}
         for method, per_seed in methods.items():
             arr = np.asarray(per_seed, dtype=np.float64)  # (seeds, steps + 1)
+            seed_curves[split][method] = arr.tolist()
             with np.errstate(invalid="ignore", over="ignore"):  # a diverged curve: first_non_finite
                 mean, std = arr.mean(axis=0), arr.std(axis=0)
             out_curves[split][method] = {"mean": mean.tolist(), "std": std.tolist()}
@@ -68,6 +73,7 @@ def summarize(
         "curves": out_curves,
         "final": final,
         "at_step_1": step1,
+        "seed_curves": seed_curves,
         "baseline": baseline,
         "config": config,
         "wall_seconds": float(wall_seconds),
@@ -99,6 +105,15 @@ def atomic_write_text(path: str, text: str) -> None:
 def write_results(results: dict[str, Any], path: str) -> None:
     """Write ``results.json`` atomically, as strict JSON (a non-finite number is a ``ValueError``)."""
     atomic_write_text(path, json.dumps(results, indent=1, allow_nan=False) + "\n")
+
+
+def one_seed(results: dict[str, Any], index: int) -> dict[str, Any]:
+    """The results of ``results["seeds"][index]`` alone, as ``summarize`` gives them for one seed
+    (its curves, finals and step-1 values; stds 0), from the per-seed curves ``seed_curves``."""
+    seed_curves = results["seed_curves"]
+    curves = {split: {m: [c[index]] for m, c in methods.items()} for split, methods in seed_curves.items()}
+    keep = ("task", "metric", "higher_is_better", "baseline", "steps", "config", "wall_seconds")
+    return summarize(**{k: results[k] for k in keep}, seeds=[results["seeds"][index]], curves=curves)
 
 
 def first_non_finite(results: dict[str, Any]) -> tuple[str, str, int] | None:

@@ -57,8 +57,22 @@ from ml3tf.checkpoint import Checkpointer
 from ml3tf.engine import per_seed
 from ml3tf.lock import LOCK_NAME, RunDirLock
 from ml3tf.meta_loss import load_meta_loss
-from ml3tf.meta_trainer import MetaStepInfo, MetaTrainConfig, MetaTrainer
-from ml3tf.results import atomic_write_text, first_non_finite, json_safe, plot_results, write_results
+from ml3tf.meta_trainer import (
+    MetaStepInfo,
+    MetaTrainConfig,
+    MetaTrainer,
+    NonFiniteError,
+    can_batch_seeds,
+    run_seeds,
+)
+from ml3tf.results import (
+    atomic_write_text,
+    first_non_finite,
+    json_safe,
+    one_seed,
+    plot_results,
+    write_results,
+)
 from ml3tf.task import Task
 
 log = logging.getLogger("ml3tf")
@@ -437,6 +451,191 @@ def _save_with_weights(model: keras.Model, weights: list, path: str) -> None:
             v.assign(w)
 
 
+class _SeedRun:
+    """One seed's run folder while it trains: resume state, checkpoints, metrics.jsonl, outputs.
+
+    ``_train_runs`` drives one or several of these through the same loop (several seeds then
+    share each compiled chunk); everything written stays per seed.
+    """
+
+    def __init__(
+        self, task: Task, config: MetaTrainConfig, run_dir: str, trainer: MetaTrainer, seeds: Sequence[int]
+    ) -> None:
+        self.task, self.config, self.run_dir, self.trainer = task, config, run_dir, trainer
+        self.record = _run_record(task, config, seeds)
+        _check_resume(run_dir, self.record)
+        os.makedirs(run_dir, exist_ok=True)
+        self.fresh = not holds_run(run_dir)  # config.json is (re)written with the first checkpoint
+        self.selection = (
+            WindowSelection(trainer.meta_loss, config.select_every) if config.select_every else None
+        )
+        self.ckpt = Checkpointer(
+            os.path.join(run_dir, "checkpoints"),
+            trainer.meta_loss,
+            trainer.optimizer,
+            learner=trainer.learner.model if config.learns_init else None,
+            init_optimizer=trainer.init_optimizer,
+            task_state=dict(task.checkpoint_state()),
+            run_state=self.selection.trackables() if self.selection is not None else None,
+        )
+        self.step = self.start = self.ckpt.restore()
+        task.restore_state(self.start, self.ckpt.task_state_restored)
+        self.loss_path = os.path.join(run_dir, "meta_loss.keras")
+        self.learner_path = os.path.join(run_dir, "learner.keras")
+        self.last_path = os.path.join(run_dir, LAST_META_LOSS)
+        self.selection_path = os.path.join(run_dir, SELECTION)
+        self.outputs = ([self.loss_path] if config.learns_loss else []) + (
+            [self.learner_path] if config.learns_init else []
+        )
+        if self.selection is not None:
+            self.outputs += [self.last_path, self.selection_path]
+        self.done = self.start >= config.meta_steps and all(os.path.exists(p) for p in self.outputs)
+        self.metrics = self.writer = None
+        if self.done:
+            log.info("seed %d: already trained (%d meta-steps) in %s", config.seed, self.start, run_dir)
+            return
+        if self.start:
+            log.info("seed %d: resuming from meta-step %d", config.seed, self.start)
+        metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        atomic_write_text(metrics_path, "".join(_read_metrics(metrics_path, self.start)))
+        if config.tensorboard:
+            self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
+        self.metrics = open(metrics_path, "a")
+
+    @property
+    def training(self) -> bool:
+        return not self.done and self.step < self.config.meta_steps
+
+    def record_steps(self, infos: list[MetaStepInfo], on_step: StepCallback | None) -> None:
+        """Write meta-steps ``self.step …`` (one line each) and advance ``self.step``."""
+        for k, info in enumerate(infos):
+            step = self.step + k
+            self.metrics.write(
+                json.dumps(json_safe({"step": step, **info._asdict()}), allow_nan=False) + "\n"
+            )
+            if self.writer is not None:
+                with self.writer.as_default(step=step):
+                    for name, value in info._asdict().items():
+                        tf.summary.scalar(name, value)
+            if self.selection is not None:
+                self.selection.record(step, info.task_loss)
+            if on_step is not None:
+                on_step(self.config.seed, step, info)
+        self.step += len(infos)
+
+    def record_eval(self, res: dict) -> None:
+        line: dict[str, Any] = {"step": self.step - 1, "eval": json_safe(res["final"])}
+        diverged = first_non_finite(res)
+        if diverged is not None:
+            line["diverged"] = dict(zip(("split", "arm", "step"), diverged, strict=True))
+            log.warning(
+                "seed %d: the evaluation at meta-step %d diverged %s", self.config.seed, self.step, diverged
+            )
+        self.metrics.write(json.dumps(line, allow_nan=False) + "\n")
+
+    def save(self) -> None:
+        self.metrics.flush()
+        os.fsync(self.metrics.fileno())
+        if self.fresh:
+            _write_record(self.run_dir, self.record)
+            self.fresh = False
+        self.ckpt.save(self.step)
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def finish(self) -> str:
+        """Write the outputs (``meta_loss.keras`` …, ``config.json``); the first output's path."""
+        self.close()
+        if self.done:
+            return self.outputs[0]
+        trainer, config = self.trainer, self.config
+        if self.selection is not None:
+            weights, chosen = self.selection.selected()
+            save_meta_loss(trainer.meta_loss, self.last_path)
+            _save_with_weights(trainer.meta_loss, weights, self.loss_path)
+            atomic_write_text(
+                self.selection_path, json.dumps(json_safe(chosen), indent=1, allow_nan=False) + "\n"
+            )
+            log.info(
+                "seed %d: selected φ of meta-steps %d–%d (mean task loss %.6g)",
+                config.seed,
+                chosen["start"],
+                chosen["end"] - 1,
+                chosen["mean_task_loss"],
+            )
+        elif config.learns_loss:
+            save_meta_loss(trainer.meta_loss, self.loss_path)
+        if config.learns_init:
+            save_meta_loss(trainer.learner.model, self.learner_path)
+        _write_record(self.run_dir, self.record)  # describes the files just written
+        return self.outputs[0]
+
+
+def _evaluate_runs(task: Task, config: MetaTrainConfig, runs: list[_SeedRun]) -> list[dict]:
+    """``eval_every``: meta-test the seeds of ``runs`` (their φ now) together; per seed its results."""
+    kwargs = {}
+    if config.learns_init:
+        kwargs["initial_params"] = [_learner_params(r.trainer.learner.model) for r in runs]
+    res = task.evaluate(
+        [r.trainer.meta_loss for r in runs] if config.learns_loss else [],
+        config,
+        [r.config.seed for r in runs],
+        **kwargs,
+    )
+    return [one_seed(res, i) for i in range(len(runs))]
+
+
+def _train_runs(
+    task: Task,
+    config: MetaTrainConfig,
+    runs: list[_SeedRun],
+    on_step: StepCallback | None = None,
+    on_chunk: Callable[[int], bool] | None = None,
+    chunk_every: int = 0,
+) -> list[str]:
+    """The one meta-training loop: chunks of meta-steps of every seed still training, the seeds
+    at the same step side by side in one compiled call (``run_seeds``), then per seed its metric
+    lines, evaluations, checkpoints and, at the end, outputs. Returns each run's first output."""
+    try:
+        while True:
+            pending = [r for r in runs if r.training]
+            if not pending:
+                break
+            step = min(r.step for r in pending)
+            group = [r for r in pending if r.step == step]  # resumed seeds behind the others go first
+            end = _chunk_end(step, config, chunk_every)
+            results = run_seeds([r.trainer for r in group], step, end - step)
+            failed = None
+            for r, res in zip(group, results, strict=True):
+                if isinstance(res, NonFiniteError):
+                    failed = failed or NonFiniteError(f"seed {r.config.seed}: {res}")
+                else:
+                    r.record_steps(res, on_step)
+            if failed is not None:  # no checkpoint: the other seeds resume from their last one
+                raise failed
+            if config.eval_every and end % config.eval_every == 0:
+                for r, res in zip(group, _evaluate_runs(task, config, group), strict=True):
+                    r.record_eval(res)
+            stop = on_chunk is not None and on_chunk(end) and end < config.meta_steps
+            for r in group:
+                if end % config.checkpoint_every == 0 or end == config.meta_steps or stop:
+                    r.save()
+            if stop:
+                for r in group:
+                    log.info("seed %d: training stopped at meta-step %d by on_chunk", r.config.seed, end)
+                break
+        return [r.finish() for r in runs]
+    finally:
+        for r in runs:
+            r.close()
+
+
 def train_one(
     task: Task,
     config: MetaTrainConfig,
@@ -461,114 +660,16 @@ def train_one(
     checkpoint is saved and the outputs are written as for a finished run (``ml3tf.learn_loss``'s
     callbacks, e.g. early stopping). Running the folder again continues from that checkpoint.
     """
-    record = _run_record(task, config, [config.seed] if seeds is None else seeds)
-    _check_resume(run_dir, record)
-    os.makedirs(run_dir, exist_ok=True)
-    fresh = not holds_run(run_dir)  # config.json is (re)written with the first checkpoint
-
+    seeds = [config.seed] if seeds is None else seeds
+    _check_resume(run_dir, _run_record(task, config, seeds))  # before any work
     if trainer is None:
         trainer = MetaTrainer(task, config)
     elif trainer.task is not task or trainer.config.replace(seed=config.seed) != config:
         raise ValueError("trainer must have been built for the same task and config")
     else:
         trainer.reset(config.seed)
-    selection = WindowSelection(trainer.meta_loss, config.select_every) if config.select_every else None
-    ckpt = Checkpointer(
-        os.path.join(run_dir, "checkpoints"),
-        trainer.meta_loss,
-        trainer.optimizer,
-        learner=trainer.learner.model if config.learns_init else None,
-        init_optimizer=trainer.init_optimizer,
-        task_state=dict(task.checkpoint_state()),
-        run_state=selection.trackables() if selection is not None else None,
-    )
-    start = ckpt.restore()
-    task.restore_state(start, ckpt.task_state_restored)
-    loss_path = os.path.join(run_dir, "meta_loss.keras")
-    learner_path = os.path.join(run_dir, "learner.keras")
-    last_path, selection_path = os.path.join(run_dir, LAST_META_LOSS), os.path.join(run_dir, SELECTION)
-    outputs = ([loss_path] if config.learns_loss else []) + ([learner_path] if config.learns_init else [])
-    if selection is not None:
-        outputs += [last_path, selection_path]
-    if start >= config.meta_steps and all(os.path.exists(p) for p in outputs):
-        log.info("seed %d: already trained (%d meta-steps) in %s", config.seed, start, run_dir)
-        return outputs[0]
-    if start:
-        log.info("seed %d: resuming from meta-step %d", config.seed, start)
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    atomic_write_text(metrics_path, "".join(_read_metrics(metrics_path, start)))
-
-    writer = None
-    if config.tensorboard:
-        writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
-    with open(metrics_path, "a") as metrics:
-        step = start
-        while step < config.meta_steps:
-            end = _chunk_end(step, config, chunk_every)
-            infos = trainer.run_steps(step, end - step)  # raises NonFiniteError; no checkpoint then
-            for k, info in enumerate(infos):
-                metrics.write(
-                    json.dumps(json_safe({"step": step + k, **info._asdict()}), allow_nan=False) + "\n"
-                )
-                if writer is not None:
-                    with writer.as_default(step=step + k):
-                        for name, value in info._asdict().items():
-                            tf.summary.scalar(name, value)
-                if selection is not None:
-                    selection.record(step + k, info.task_loss)
-                if on_step is not None:
-                    on_step(config.seed, step + k, info)
-            step = end
-            if config.eval_every and step % config.eval_every == 0:
-                res = task.evaluate(
-                    [trainer.meta_loss] if config.learns_loss else [],
-                    config,
-                    [config.seed],
-                    **(
-                        {"initial_params": [_learner_params(trainer.learner.model)]}
-                        if config.learns_init
-                        else {}
-                    ),
-                )
-                line: dict[str, Any] = {"step": step - 1, "eval": json_safe(res["final"])}
-                diverged = first_non_finite(res)
-                if diverged is not None:
-                    line["diverged"] = dict(zip(("split", "arm", "step"), diverged, strict=True))
-                    log.warning(
-                        "seed %d: the evaluation at meta-step %d diverged %s", config.seed, step, diverged
-                    )
-                metrics.write(json.dumps(line, allow_nan=False) + "\n")
-            stop = on_chunk is not None and on_chunk(step) and step < config.meta_steps
-            if step % config.checkpoint_every == 0 or step == config.meta_steps or stop:
-                metrics.flush()
-                os.fsync(metrics.fileno())
-                if fresh:
-                    _write_record(run_dir, record)
-                    fresh = False
-                ckpt.save(step)
-            if stop:
-                log.info("seed %d: training stopped at meta-step %d by on_chunk", config.seed, step)
-                break
-    if writer is not None:
-        writer.close()
-    if selection is not None:
-        weights, chosen = selection.selected()
-        save_meta_loss(trainer.meta_loss, last_path)
-        _save_with_weights(trainer.meta_loss, weights, loss_path)
-        atomic_write_text(selection_path, json.dumps(json_safe(chosen), indent=1, allow_nan=False) + "\n")
-        log.info(
-            "seed %d: selected φ of meta-steps %d–%d (mean task loss %.6g)",
-            config.seed,
-            chosen["start"],
-            chosen["end"] - 1,
-            chosen["mean_task_loss"],
-        )
-    elif config.learns_loss:
-        save_meta_loss(trainer.meta_loss, loss_path)
-    if config.learns_init:
-        save_meta_loss(trainer.learner.model, learner_path)
-    _write_record(run_dir, record)  # describes the files just written
-    return outputs[0]
+    run = _SeedRun(task, config, run_dir, trainer, seeds)
+    return _train_runs(task, config, [run], on_step, on_chunk, chunk_every)[0]
 
 
 def train(
@@ -615,8 +716,16 @@ def train(
     with _locked(out, keep=lambda: any(holds_run(d) for d in run_dirs)):
         check()  # again under the lock: another process may have written meanwhile
         trainer = MetaTrainer(task, config.replace(seed=seeds[0]))  # one trace serves every seed
-        for run_dir, seed in zip(run_dirs, seeds, strict=True):
-            train_one(task, config.replace(seed=seed), run_dir, on_step, trainer, seeds)
+        if len(seeds) > 1 and can_batch_seeds(trainer):  # the seeds side by side in one graph
+            trainers = [trainer] + [MetaTrainer(task, config.replace(seed=s)) for s in seeds[1:]]
+            runs = [
+                _SeedRun(task, config.replace(seed=s), d, t, seeds)
+                for s, d, t in zip(seeds, run_dirs, trainers, strict=True)
+            ]
+            _train_runs(task, config, runs, on_step)
+        else:
+            for run_dir, seed in zip(run_dirs, seeds, strict=True):
+                train_one(task, config.replace(seed=seed), run_dir, on_step, trainer, seeds)
         paths = [os.path.join(d, "meta_loss.keras") for d in run_dirs] if config.learns_loss else []
         learners = [os.path.join(d, "learner.keras") for d in run_dirs] if config.learns_init else []
         last, selections = paths, []
