@@ -38,11 +38,12 @@ fails is not timed, and the JSON says so.
 
 Timing: milliseconds per meta-step, the median over ``--repeats`` chunks of ``--steps``
 meta-steps, after a warm-up chunk (tracing and compilation, reported separately as
-``compile_s``). Equal work in every stack: each step's data is drawn on the host with NumPy,
-by the same sampler as ml3tf's ``task.sample`` (``sample_paper`` / ``sample_few_shot`` below,
-which a test checks against it), for every step of the chunk; θ₀ is drawn in each stack with
-its own RNG (the stateless philox seeds of ml3tf, ``torch.Generator``, ``jax.random``); φ's Adam
-update is part of the step. The stacks:
+``compile_s``; the torch stacks, which compile nothing, warm up on 5 steps and time chunks of
+at most ``--budget`` seconds, ``steps`` in the JSON). Equal work in every stack: each step's
+data is drawn on the host with NumPy, by the same sampler as ml3tf's ``task.sample``
+(``sample_paper`` / ``sample_few_shot`` below, which a test checks against it), for every
+step of the chunk; θ₀ is drawn in each stack with its own RNG (the stateless philox seeds of
+ml3tf, ``torch.Generator``, ``jax.random``); φ's Adam update is part of the step. The stacks:
 
 * ``ml3tf run_steps``: ``MetaTrainer(task, cfg).run_steps(first, count)``, the chunk in one
   compiled call, with ``jit_compile=False`` (``tf.function``) and ``jit_compile=True`` (XLA);
@@ -72,7 +73,9 @@ Threads: every stack runs in its own process, pinned to the same CPUs with
 ``tf.config.threading.set_intra_op_parallelism_threads(N)`` / ``…inter_op…(N)`` (XLA:CPU uses the
 same intra-op pool); JAX sizes its CPU thread pool from the affinity mask, and for N = 1 both XLA
 stacks get ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``. The
-default N is every CPU this process may use.
+default N is every CPU this process may use. On a machine that other jobs share, pick
+``--threads 1``: a multi-threaded pool (OpenMP in torch, Eigen in TensorFlow and XLA) whose
+threads wait on a busy core slows down far more than one thread does.
 
 Prints a table and writes JSON (machine, versions, date, the command). Timings on a shared
 machine are noisy: compare ratios from one run.
@@ -245,18 +248,29 @@ def f32_tolerance(k: int) -> float:
     return 1e-4 * math.sqrt(k)
 
 
-def time_chunks(run_chunk: Callable[[int, int], None], steps: int, repeats: int) -> dict[str, Any]:
+def time_chunks(
+    run_chunk: Callable[[int, int], None], steps: int, repeats: int, budget_s: float = 0.0
+) -> dict[str, Any]:
     """``run_chunk(first_step, count)``: a warm-up chunk (its seconds: ``compile_s``), then
-    ``repeats`` timed chunks of ``steps``; ms per step: the median."""
+    ``repeats`` timed chunks of ``steps``; ms per step: the median.
+
+    ``budget_s`` > 0 (stacks without compilation, whose chunk size changes nothing): the
+    warm-up is 5 steps and a timed chunk holds ``steps`` or as many as fill ``budget_s``
+    by the warm-up's pace, at least 10 — so that a 100 ms step does not take minutes.
+    """
+    warm = min(steps, 5) if budget_s else steps
     start = time.perf_counter()
-    run_chunk(0, steps)
+    run_chunk(0, warm)
     compile_s = time.perf_counter() - start
+    count = steps
+    if budget_s:
+        count = int(min(steps, max(10, budget_s / max(compile_s / warm, 1e-9))))
     runs = []
     for r in range(repeats):
         start = time.perf_counter()
-        run_chunk((r + 1) * steps, steps)
-        runs.append((time.perf_counter() - start) / steps * 1e3)
-    return {"ms": statistics.median(runs), "ms_all": runs, "compile_s": compile_s}
+        run_chunk(warm + r * count, count)
+        runs.append((time.perf_counter() - start) / count * 1e3)
+    return {"ms": statistics.median(runs), "ms_all": runs, "compile_s": compile_s, "steps": count}
 
 
 def time_calls(fn: Callable[[], None], repeats: int) -> dict[str, Any]:
@@ -992,7 +1006,9 @@ def peer_check(stack: str, ref_path: str, ks: Sequence[int], dtype: str) -> dict
     }
 
 
-def peer_time(stack: str, ks: Sequence[int], steps: int, repeats: int, phi: Sequence[np.ndarray]) -> dict:
+def peer_time(
+    stack: str, ks: Sequence[int], steps: int, repeats: int, phi: Sequence[np.ndarray], budget_s: float
+) -> dict:
     row: dict[str, Any] = {"ml3": {}, "maml": {}}
     if stack == "jax":
         impl: Any = JaxStacks("float32")
@@ -1006,7 +1022,7 @@ def peer_time(stack: str, ks: Sequence[int], steps: int, repeats: int, phi: Sequ
             chunks, evaluation = (impl.higher_ml3_chunk, impl.higher_maml_chunk), impl.module_eval
     for method, make in zip(("ml3", "maml"), chunks, strict=True):
         for k in ks:
-            row[method][str(k)] = time_chunks(make(k), steps, repeats)
+            row[method][str(k)] = time_chunks(make(k), steps, repeats, 0.0 if stack == "jax" else budget_s)
     # Built after the steps: the nn.Module evaluation loads φ into the loss network and freezes it.
     row["eval"] = time_calls(evaluation(phi), repeats=max(3, repeats))
     return row
@@ -1021,7 +1037,7 @@ def worker(args: argparse.Namespace) -> None:
         if not args.check_only and check["passed"]:
             ref = dict(np.load(args.ref))
             phi = load_case(ref, f"ml3/k{ks[0]}")["phi"]
-            result["timing"] = peer_time(args.worker, ks, args.steps, args.repeats, phi)
+            result["timing"] = peer_time(args.worker, ks, args.steps, args.repeats, phi, args.budget)
     with open(args.result, "w") as f:
         json.dump(result, f)
 
@@ -1085,7 +1101,8 @@ def run_worker(stack: str, args: argparse.Namespace, ref: str, tmp: str, extra: 
     out = os.path.join(tmp, f"{stack}{'_'.join(extra)}.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", stack, "--ref", ref, "--result", out]
     cmd += ["--threads", str(args.threads), "--cpus", ",".join(map(str, args.cpus))]
-    cmd += ["--steps", str(args.steps), "--repeats", str(args.repeats), "--ks", *map(str, args.ks), *extra]
+    cmd += ["--steps", str(args.steps), "--repeats", str(args.repeats), "--budget", str(args.budget)]
+    cmd += ["--ks", *map(str, args.ks), *extra]
     env = worker_env(args.threads)
     if "float64" in extra and stack == "jax":
         env["JAX_ENABLE_X64"] = "1"
@@ -1103,6 +1120,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", default=os.path.join(HERE, "results", "peers.json"))
     ap.add_argument("--repeats", type=int, default=3, help="timed chunks per measurement (median)")
     ap.add_argument("--steps", type=int, default=200, help="meta-steps per timed chunk")
+    ap.add_argument(
+        "--budget", type=float, default=3.0, help="seconds a timed torch chunk may fill (fewer steps)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="CPUs/threads for every stack (0: all usable)")
     ap.add_argument("--ks", type=int, nargs="+", default=[1, 5, 20], help="inner steps K")
     ap.add_argument("--skip-missing", action="store_true", help="run the stacks that are installed")
