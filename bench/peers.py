@@ -37,13 +37,14 @@ the float32-vs-float64 error of ml3tf itself is printed beside it for scale. A s
 fails is not timed, and the JSON says so.
 
 Timing: milliseconds per meta-step, the median over ``--repeats`` chunks of ``--steps``
-meta-steps, after a warm-up chunk (tracing and compilation, reported separately as
-``compile_s``; the torch stacks, which compile nothing, warm up on 5 steps and time chunks of
-at most ``--budget`` seconds, ``steps`` in the JSON). Equal work in every stack: each step's
-data is drawn on the host with NumPy, by the same sampler as ml3tf's ``task.sample``
-(``sample_paper`` / ``sample_few_shot`` below, which a test checks against it), for every
-step of the chunk; θ₀ is drawn in each stack with its own RNG (the stateless philox seeds of
-ml3tf, ``torch.Generator``, ``jax.random``); φ's Adam update is part of the step. The stacks:
+meta-steps, after a warm-up chunk (``warmup_s``; less the steps it ran at the measured pace:
+tracing and compilation, ``compile_s``; the torch stacks, which compile nothing, warm up on 5
+steps and time chunks of at most ``--budget`` seconds, ``steps`` in the JSON). Equal work in
+every stack: each step's data is drawn on the host with NumPy, by the same sampler as ml3tf's
+``task.sample`` (``sample_paper`` / ``sample_few_shot`` below, which a test checks against it),
+for every step of the chunk; θ₀ is drawn in each stack with its own RNG (the stateless philox
+seeds of ml3tf, ``torch.Generator``, ``jax.random``); φ's Adam update is part of the step. The
+stacks:
 
 * ``ml3tf run_steps``: ``MetaTrainer(task, cfg).run_steps(first, count)``, the chunk in one
   compiled call, with ``jit_compile=False`` (``tf.function``) and ``jit_compile=True`` (XLA);
@@ -251,7 +252,8 @@ def f32_tolerance(k: int) -> float:
 def time_chunks(
     run_chunk: Callable[[int, int], None], steps: int, repeats: int, budget_s: float = 0.0
 ) -> dict[str, Any]:
-    """``run_chunk(first_step, count)``: a warm-up chunk (its seconds: ``compile_s``), then
+    """``run_chunk(first_step, count)``: a warm-up chunk (``warmup_s``; less the steps it ran at the
+    measured pace: ``compile_s``), then
     ``repeats`` timed chunks of ``steps``; ms per step: the median.
 
     ``budget_s`` > 0 (stacks without compilation, whose chunk size changes nothing): the
@@ -261,29 +263,38 @@ def time_chunks(
     warm = min(steps, 5) if budget_s else steps
     start = time.perf_counter()
     run_chunk(0, warm)
-    compile_s = time.perf_counter() - start
+    warmup_s = time.perf_counter() - start
     count = steps
     if budget_s:
-        count = int(min(steps, max(10, budget_s / max(compile_s / warm, 1e-9))))
+        count = int(min(steps, max(10, budget_s / max(warmup_s / warm, 1e-9))))
     runs = []
     for r in range(repeats):
         start = time.perf_counter()
         run_chunk(warm + r * count, count)
         runs.append((time.perf_counter() - start) / count * 1e3)
-    return {"ms": statistics.median(runs), "ms_all": runs, "compile_s": compile_s, "steps": count}
+    ms = statistics.median(runs)
+    return {"ms": ms, "ms_all": runs, **_warmup(warmup_s, warm * ms), "steps": count}
 
 
 def time_calls(fn: Callable[[], None], repeats: int) -> dict[str, Any]:
-    """A warm-up call (``compile_s``), then the median ms of ``repeats`` calls."""
+    """A warm-up call (``warmup_s``, ``compile_s`` as in ``time_chunks``), then the median ms of
+    ``repeats`` calls."""
     start = time.perf_counter()
     fn()
-    compile_s = time.perf_counter() - start
+    warmup_s = time.perf_counter() - start
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         runs.append((time.perf_counter() - start) * 1e3)
-    return {"ms": statistics.median(runs), "ms_all": runs, "compile_s": compile_s}
+    ms = statistics.median(runs)
+    return {"ms": ms, "ms_all": runs, **_warmup(warmup_s, ms)}
+
+
+def _warmup(warmup_s: float, run_ms: float) -> dict[str, float]:
+    """The warm-up's seconds, and its part beyond the work it did at the measured pace:
+    tracing and compilation (``compile_s``)."""
+    return {"warmup_s": warmup_s, "compile_s": max(0.0, warmup_s - run_ms / 1e3)}
 
 
 # --- reference: ml3tf -------------------------------------------------------------------------
