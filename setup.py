@@ -48,7 +48,16 @@ RL = [
     *TENSORBOARD,
 ]
 # bench/own_data.py: MNIST-1D generated locally by the mnist1d package (make_dataset; no download).
-BENCH = [*CLASSIFICATION, "mnist1d>=0.0.2,<0.1"]
+# bench/peers.py: the same meta-step in PyTorch (torch.func; higher, the authors' stack) and JAX.
+# Only here: ml3tf itself and its tests never import them.
+BENCH = [
+    *CLASSIFICATION,
+    "mnist1d>=0.0.2,<0.1",
+    "torch>=2.4,<3",  # torch.func with nested grad/vmap; the CPU wheel is enough
+    "higher>=0.2.1,<0.3",
+    "jax>=0.4.30,<0.11",
+    "jaxlib>=0.4.30,<0.11",
+]
 TEST = [
     *CLASSIFICATION,
     "pytest>=8",
