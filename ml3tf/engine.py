@@ -196,23 +196,28 @@ class MetaTestEngine:
         state: Sequence[tf.Tensor] = (),
         per_step: Sequence[str] = (),
         record_params: bool = False,
+        phi_per_learner: bool = False,
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Curves ``(T, steps + 1, …)`` and the parameters: θ_steps stacked ``(T, …)``, or with
         ``record_params`` every θ_k ``(T, steps + 1, …)``.
 
         ``key`` names ``(loss, metric)``: the compiled loop is traced once per key (and per
         argument shapes); the same key must always come with the same closures.
+        ``phi_per_learner``: every tensor of ``phi`` carries a leading learner axis ``(T, …)``,
+        learner t descends the loss with its own φ_t (several seeds' loss networks in one run).
         """
-        cache_key = (key, tuple(per_step), bool(record_params))
+        cache_key = (key, tuple(per_step), bool(record_params), bool(phi_per_learner))
         fn = self._fns.get(cache_key)
         if fn is None:
-            fn = self._fns[cache_key] = self._compile(loss, metric, tuple(per_step), bool(record_params))
+            fn = self._fns[cache_key] = self._compile(
+                loss, metric, tuple(per_step), bool(record_params), bool(phi_per_learner)
+            )
         data = {k: tf.convert_to_tensor(v) for k, v in data.items()}
         state = [tf.convert_to_tensor(s) for s in state]
         curves, params = fn([tf.convert_to_tensor(p) for p in params0], state, data, list(phi))
         return curves.numpy(), [p.numpy() for p in params]
 
-    def _compile(self, loss, metric, per_step, record_params):
+    def _compile(self, loss, metric, per_step, record_params, phi_per_learner=False):
         steps, optimizer = self.steps, self.optimizer
         vectorize = self.vectorize
 
@@ -228,11 +233,11 @@ class MetaTestEngine:
             varying = {k: v for k, v in data.items() if k in per_step}
 
             def one(args):
-                p, s, d, d_step = args
+                p, s, d, d_step, phi_t = args
                 d = {**d, **d_step}
                 with tf.GradientTape() as tape:
                     tape.watch(p)
-                    value, s_new = loss(p, s, d, phi)
+                    value, s_new = loss(p, s, d, phi_t if phi_per_learner else phi)
                 g = tape.gradient(value, p, unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 return g, list(s_new), tf.cast(metric(p, s, d), tf.float32)
 
@@ -245,7 +250,7 @@ class MetaTestEngine:
 
             def body(i, p, s, o, tr, path):
                 step_data = {k: v[:, i] for k, v in varying.items()}
-                g, s_new, m = each(one, (p, s, fixed, step_data))
+                g, s_new, m = each(one, (p, s, fixed, step_data, list(phi) if phi_per_learner else []))
                 if record_params:
                     path = [a.write(i, x) for a, x in zip(path, p, strict=True)]
                 p, o = optimizer.update(g, o, p)

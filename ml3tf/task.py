@@ -289,30 +289,66 @@ class SupervisedTask(Task):
         """
         raise NotImplementedError(f"task {self.name!r} does not define eval_splits")
 
-    def _split_curves(self, engine, key, loss, metric, seed, splits, phi, init) -> dict[str, np.ndarray]:
-        """Per split, the mean curve over its tasks; splits of equal shapes run as one batch.
+    def _split_curves(
+        self, engine, key, loss, metric, seeds, splits, phis, inits
+    ) -> list[dict[str, np.ndarray]]:
+        """Per seed, per split, the mean curve over its tasks: the splits of every seed with equal
+        shapes run as one batch of learners.
 
-        ``init``: one θ₀ (list of arrays) every task starts from; default fresh Xavier inits.
+        ``splits[i]``: seed ``seeds[i]``'s ``eval_splits``; ``phis``: one φ (``phi_of``) shared by
+        all, or with several seeds one per seed (each seed's learners then descend their own,
+        ``phi_per_learner``); ``inits[i]``: one θ₀ (list of arrays) every task of seed i starts
+        from, or ``None`` for fresh Xavier inits (``engine.initial_params(seed, count)``).
         """
+        layouts = [[(n, [np.shape(a)[1:] for a in arrays]) for n, arrays in sp.items()] for sp in splits]
+        if any(layout != layouts[0] for layout in layouts[1:]):  # seeds of other shapes: one by one
+            return [
+                self._split_curves(
+                    engine, key, loss, metric, [seed], [sp], [phis[min(i, len(phis) - 1)]], [init]
+                )[0]
+                for i, (seed, sp, init) in enumerate(zip(seeds, splits, inits, strict=True))
+            ]
         groups: dict[tuple, list[str]] = {}
-        for name, arrays in splits.items():
-            if len(arrays) not in (2, 4):
-                raise ValueError(f"split {name!r} must be (x, y) or (x_s, y_s, x_q, y_q), got {len(arrays)}")
-            groups.setdefault(tuple(np.shape(a)[1:] for a in arrays), []).append(name)
-        out = {}
+        for i, seed_splits in enumerate(splits):
+            for name, arrays in seed_splits.items():
+                if len(arrays) not in (2, 4):
+                    raise ValueError(
+                        f"split {name!r} must be (x, y) or (x_s, y_s, x_q, y_q), got {len(arrays)}"
+                    )
+                group = groups.setdefault(tuple(np.shape(a)[1:] for a in arrays), [])
+                if i == 0:
+                    group.append(name)
+        per_learner = len(phis) > 1
+        out: list[dict[str, np.ndarray]] = [{} for _ in seeds]
         for names in groups.values():
-            cols = [np.concatenate([splits[n][i] for n in names]) for i in range(len(splits[names[0]]))]
-            count = len(cols[0])
+            n_cols = len(splits[0][names[0]])
+            cols, params0, phi, counts = [[] for _ in range(n_cols)], [], [], []
+            for i, seed in enumerate(seeds):
+                for c in range(n_cols):
+                    cols[c].extend(splits[i][n][c] for n in names)
+                count = sum(len(splits[i][n][0]) for n in names)
+                counts.append(count)
+                p0 = engine.initial_params(seed, count) if inits[i] is None else engine.stack(inits[i], count)
+                params0.append(p0)
+                if per_learner:
+                    phi.append([tf.stack([w] * count) for w in phis[i]])
+            cols = [np.concatenate(c) for c in cols]
             data = {"x": cols[0], "y": cols[1]}
-            if len(cols) == 4:
+            if n_cols == 4:
                 data.update(xq=cols[2], yq=cols[3])
-            params0 = engine.initial_params(seed, count) if init is None else engine.stack(init, count)
-            state = [tf.stack([s] * count) for s in engine.learner.state()]
-            c, _ = engine.run((key, len(cols)), loss, metric, params0, data, phi, state)
+            params0 = [tf.concat(p, 0) for p in zip(*params0, strict=True)]
+            phi = [tf.concat(w, 0) for w in zip(*phi, strict=True)] if per_learner else phis[0]
+            total = sum(counts)
+            state = [tf.stack([s] * total) for s in engine.learner.state()]
+            c, _ = engine.run(
+                (key, n_cols), loss, metric, params0, data, phi, state, phi_per_learner=per_learner
+            )
             start = 0
-            for n in names:
-                out[n] = c[start : start + len(splits[n][0])].mean(axis=0)
-                start += len(splits[n][0])
+            for i in range(len(seeds)):
+                for n in names:
+                    size = len(splits[i][n][0])
+                    out[i][n] = c[start : start + size].mean(axis=0)
+                    start += size
         return out
 
     def evaluate(
@@ -368,28 +404,60 @@ class SupervisedTask(Task):
         metric_key = metric_name or "eval_metric"
         base_cache = self.__dict__.setdefault("_baseline_curves", {})
         start = time.perf_counter()
-        curves: dict[str, dict[str, list[np.ndarray]]] = {}
-        for i, seed in enumerate(seeds):
-            splits = self.eval_splits(seed)
-            init = None if inits is None else inits[i]
-            if losses is not None:
-                key = ("learned", architecture_key(losses[i]), metric_key)
+        splits = [self.eval_splits(seed) for seed in seeds]
+        inits = [None] * len(seeds) if inits is None else inits
+        if losses is not None:
+            arch = {architecture_key(m) for m in losses}
+            if len(arch) == 1 and len(seeds) > 1:  # every seed's learners in one run, each its own φ
                 learned = self._split_curves(
-                    engine, key, learned_fn(losses[i]), metric_fn, seed, splits, phi_of(losses[i]), init
+                    engine,
+                    ("learned", arch.pop(), metric_key),
+                    learned_fn(losses[0]),
+                    metric_fn,
+                    seeds,
+                    splits,
+                    [phi_of(m) for m in losses],
+                    inits,
                 )
             else:
-                learned = self._split_curves(
-                    engine, ("baseline", metric_key), baseline, metric_fn, seed, splits, [], init
-                )
-            bkey = (id(engine), metric_key, seed)
-            if bkey not in base_cache:  # a baseline curve never changes: one per seed and engine
-                base_cache[bkey] = self._split_curves(
-                    engine, ("baseline", metric_key), baseline, metric_fn, seed, splits, [], None
-                )
-            for split in splits:
+                learned = [
+                    self._split_curves(
+                        engine,
+                        ("learned", architecture_key(m), metric_key),
+                        learned_fn(m),
+                        metric_fn,
+                        [seed],
+                        [sp],
+                        [phi_of(m)],
+                        [init],
+                    )[0]
+                    for m, seed, sp, init in zip(losses, seeds, splits, inits, strict=True)
+                ]
+        else:
+            learned = self._split_curves(
+                engine, ("baseline", metric_key), baseline, metric_fn, seeds, splits, [[]], inits
+            )
+        # A baseline curve never changes: one per seed and engine, the missing seeds in one run.
+        missing = [i for i, seed in enumerate(seeds) if (id(engine), metric_key, seed) not in base_cache]
+        if missing:
+            fresh = self._split_curves(
+                engine,
+                ("baseline", metric_key),
+                baseline,
+                metric_fn,
+                [seeds[i] for i in missing],
+                [splits[i] for i in missing],
+                [[]],
+                [None] * len(missing),
+            )
+            for i, curves_i in zip(missing, fresh, strict=True):
+                base_cache[(id(engine), metric_key, seeds[i])] = curves_i
+        curves: dict[str, dict[str, list[np.ndarray]]] = {}
+        for i, seed in enumerate(seeds):
+            for split in splits[i]:
                 per = curves.setdefault(split, {"learned": [], "baseline": []})
-                per["learned"].append(learned[split])
-                per["baseline"].append(base_cache[bkey][split])
+                per["learned"].append(learned[i][split])
+                per["baseline"].append(base_cache[(id(engine), metric_key, seed)][split])
         return summarize(
             task=self.name,
             metric=metric_name or self.metric_name,
