@@ -25,6 +25,10 @@ LEARNER_INITS = ("fresh", "fixed")
 #: How φ is updated from the inner steps (``MetaTrainConfig.meta_update``).
 META_UPDATES = ("unrolled", "online")
 
+#: ``tf.distribute`` strategies ``ml3tf.distribute.make_strategy`` makes (here, not there: this
+#: module does not import TensorFlow).
+STRATEGIES = ("default", "mirrored", "tpu", "multi_worker")
+
 
 #: The three kinds of configuration field (``MetaTrainConfig.fields_of``):
 #: ``maths`` — what meta-training computes (a resumed run must keep them);
@@ -168,8 +172,8 @@ class MetaTrainConfig:
             raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}")
         if self.meta_optimizer not in ("adam", "sgd"):
             raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
-        if self.strategy not in ("default", "mirrored", "tpu"):
-            raise ValueError(f"strategy must be 'default', 'mirrored' or 'tpu', got {self.strategy!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.backprop not in BACKPROP_MODES:
             raise ValueError(f"backprop must be one of {BACKPROP_MODES}, got {self.backprop!r}")
         _at_least("segment_length", self.segment_length, 1)

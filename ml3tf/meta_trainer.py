@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
-from ml3tf.distribute import make_strategy
+from ml3tf.distribute import make_strategy, worker_errors
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import AUTO_PYTHON_LOOP_MAX, inner_step, make_inner_optimizer, unroll
 from ml3tf.seeds import meta_train_seeds, seeded
@@ -463,7 +463,8 @@ class MetaTrainer:
     def _run(self, fn, batch: TaskBatch, step: int) -> MetaStepInfo:
         seeds = self.init_seeds(step, batch.batch_size)
         if self.distributed:
-            info, ok = fn(self._distribute(batch, seeds))
+            with worker_errors(self.strategy, step):  # multi_worker: a lost worker is one clear error
+                info, ok = fn(self._distribute(batch, seeds))
         else:
             info, ok = fn(_tensors(batch.support), _tensors(batch.query), _tensors(batch.extra), seeds)
         if not bool(ok):
