@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
@@ -646,7 +647,7 @@ def _worker_index(config: MetaTrainConfig) -> int:
 @contextlib.contextmanager
 def _worker_run_dir(trainer: MetaTrainer, run_dir: str) -> Iterator[str]:
     """The folder this worker's ``train_one`` works in: ``run_dir`` on one worker and on the
-    chief (worker 0) of several; on every other worker a temporary copy of it, deleted afterwards.
+    chief (worker 0) of several; on every other worker a copy of it in ``$TMPDIR``, deleted afterwards.
 
     TensorFlow's pattern: every worker runs the same steps and saves every checkpoint (a save
     may need all of them), only the chief's are kept. The copy starts each worker from the
@@ -658,7 +659,11 @@ def _worker_run_dir(trainer: MetaTrainer, run_dir: str) -> Iterator[str]:
     if count == 1:
         yield run_dir
         return
-    tmp = tempfile.mkdtemp(prefix=f"ml3tf-worker{index}-") if index else None
+    tmp = None
+    if index:  # named after the run: a worker killed with -9 leaves it, the relaunch replaces it
+        digest = hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:12]
+        tmp = os.path.join(tempfile.gettempdir(), f"ml3tf-worker{index}-{digest}")
+        shutil.rmtree(tmp, ignore_errors=True)
     where = run_dir if tmp is None else _copy_run(run_dir, os.path.join(tmp, "run"))
     try:
         start = checkpoint_step(where) or 0
