@@ -187,8 +187,12 @@ def per_worker(strategy: tf.distribute.Strategy, value: int) -> list[int]:
         return [value]
     mine = np.zeros(count, np.float64)  # exact for integers below 2**53
     mine[index] = value
-    sum_ = tf.distribute.ReduceOp.SUM
-    total = tf.function(lambda: strategy.reduce(sum_, strategy.run(lambda: tf.constant(mine)), axis=None))()
+
+    @tf.function(autograph=False)  # collectives run best in a graph
+    def gather() -> tf.Tensor:
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(tf.constant, (mine,)), axis=None)
+
+    total = gather()
     return [int(v) for v in np.asarray(total)]
 
 
@@ -241,7 +245,10 @@ def worker_errors(strategy: tf.distribute.Strategy, step: int) -> Iterator[None]
         text = str(exc)
         if not isinstance(exc, _COLLECTIVE_ERRORS) and "ollective" not in text:
             raise
-        raise WorkerLostError(index, count, _lost_worker(text, index), step, _detail(exc)) from None
+        lost = _lost_worker(text, index)
+        if lost is None and count == 2:  # TF's words did not say; with two, it is the other one
+            lost = 1 - index
+        raise WorkerLostError(index, count, lost, step, _detail(exc)) from None
 
 
 def _lost_worker(text: str, index: int) -> int | None:
