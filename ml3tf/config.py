@@ -101,7 +101,9 @@ class MetaTrainConfig:
     """γ in the meta-objective β·L_task + γ·L_extra (needs a task with ``extra_loss``)."""
     strategy: str = execution("default")
     """Devices: ``default``, ``mirrored`` (all GPUs / logical CPUs; the meta-batch is split
-    across replicas) or ``tpu`` (``$ML3TF_TPU`` / Colab; falls back to default)."""
+    across replicas), ``multi_worker`` (one process per machine, from ``$TF_CONFIG``; only
+    worker 0 writes the run; docs/multi_worker.md) or ``tpu`` (``$ML3TF_TPU`` / Colab; falls
+    back to default)."""
     vectorize_meta_batch: bool = execution(True)
     """Run the tasks of a meta-batch as one batched computation (``tf.vectorized_map``);
     ignored under ``jit_compile``, where XLA fuses the per-task loop."""
