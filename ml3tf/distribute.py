@@ -262,5 +262,6 @@ def _detail(exc: tf.errors.OpError) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for line in lines:  # TF's first line is "Graph execution error:"; the cause comes later
         if "aborted by" in line or "unhealthy" in line or "failed to connect" in line:
+            line = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", line)  # the graph op that waited
             return f"{type(exc).__name__}: {line[:300]}"
     return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"

@@ -145,7 +145,8 @@ class MetaTrainer:
         self.distributed = self.replicas > 1 or isinstance(self.strategy, tf.distribute.TPUStrategy)
         if self.distributed and config.meta_update == "online":
             raise ValueError(f"meta_update='online' runs on one device; got strategy={config.strategy!r}")
-        with self.strategy.scope(), seeded(config.seed):  # φ and its slots are mirrored under a strategy
+        # φ and its slots are mirrored under a strategy (multi_worker: broadcast from worker 0)
+        with worker_errors(self.strategy, 0), self.strategy.scope(), seeded(config.seed):
             self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
             self.learner = FunctionalModel(task.make_learner())
             if config.meta_optimizer == "adam":
