@@ -234,6 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from ml3tf.distribute import WorkerLostError
+
+        if not isinstance(exc, WorkerLostError):
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except OSError as exc:  # disk full, permission lost mid-run: the files written so far are intact
         print(f"{PROG}: error: {_one_line(exc)} (what was written before is intact)", file=sys.stderr)
         return 2
@@ -257,6 +264,10 @@ def _main(argv: list[str]) -> int:
         return 0 if argv else 2
     if task_name is not None and ":" in task_name:
         _modules_from_working_directory()
+    if argv[0] == "train" and _flag_value(argv, "--strategy") == "multi_worker":
+        from ml3tf.distribute import make_strategy
+
+        make_strategy("multi_worker")  # before any TensorFlow op: TF configures collectives at startup
     parser, groups = _build_parser(task_name)
     args = parser.parse_args(argv)
     if args.command == "export":
@@ -315,6 +326,17 @@ def _main(argv: list[str]) -> int:
     elif results is not None:
         print(json.dumps(results["final"]))
     return 0
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The last value given to ``flag`` (``--flag V`` or ``--flag=V``) in ``argv``, if any."""
+    value = None
+    for arg, following in itertools.zip_longest(argv, argv[1:]):
+        if arg == flag:
+            value = following
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def _modules_from_working_directory() -> None:

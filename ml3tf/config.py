@@ -25,6 +25,10 @@ LEARNER_INITS = ("fresh", "fixed")
 #: How φ is updated from the inner steps (``MetaTrainConfig.meta_update``).
 META_UPDATES = ("unrolled", "online")
 
+#: ``tf.distribute`` strategies ``ml3tf.distribute.make_strategy`` makes (here, not there: this
+#: module does not import TensorFlow).
+STRATEGIES = ("default", "mirrored", "tpu", "multi_worker")
+
 
 #: The three kinds of configuration field (``MetaTrainConfig.fields_of``):
 #: ``maths`` — what meta-training computes (a resumed run must keep them);
@@ -97,7 +101,9 @@ class MetaTrainConfig:
     """γ in the meta-objective β·L_task + γ·L_extra (needs a task with ``extra_loss``)."""
     strategy: str = execution("default")
     """Devices: ``default``, ``mirrored`` (all GPUs / logical CPUs; the meta-batch is split
-    across replicas) or ``tpu`` (``$ML3TF_TPU`` / Colab; falls back to default)."""
+    across replicas), ``multi_worker`` (one process per machine, from ``$TF_CONFIG``; only
+    worker 0 writes the run; docs/multi_worker.md) or ``tpu`` (``$ML3TF_TPU`` / Colab; falls
+    back to default)."""
     vectorize_meta_batch: bool = execution(True)
     """Run the tasks of a meta-batch as one batched computation (``tf.vectorized_map``);
     ignored under ``jit_compile``, where XLA fuses the per-task loop."""
@@ -168,8 +174,8 @@ class MetaTrainConfig:
             raise ValueError(f"inner_momentum must be in [0, 1), got {self.inner_momentum!r}")
         if self.meta_optimizer not in ("adam", "sgd"):
             raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
-        if self.strategy not in ("default", "mirrored", "tpu"):
-            raise ValueError(f"strategy must be 'default', 'mirrored' or 'tpu', got {self.strategy!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.backprop not in BACKPROP_MODES:
             raise ValueError(f"backprop must be one of {BACKPROP_MODES}, got {self.backprop!r}")
         _at_least("segment_length", self.segment_length, 1)

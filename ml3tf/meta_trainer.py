@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.config import MetaTrainConfig
-from ml3tf.distribute import make_strategy
+from ml3tf.distribute import make_strategy, worker_errors
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import AUTO_PYTHON_LOOP_MAX, inner_step, make_inner_optimizer, unroll
 from ml3tf.outer import OuterOptimizer
@@ -146,7 +146,8 @@ class MetaTrainer:
         self.distributed = self.replicas > 1 or isinstance(self.strategy, tf.distribute.TPUStrategy)
         if self.distributed and config.meta_update == "online":
             raise ValueError(f"meta_update='online' runs on one device; got strategy={config.strategy!r}")
-        with self.strategy.scope(), seeded(config.seed):  # φ and its slots are mirrored under a strategy
+        # φ and its slots are mirrored under a strategy (multi_worker: broadcast from worker 0)
+        with worker_errors(self.strategy, 0), self.strategy.scope(), seeded(config.seed):
             self.meta_loss = meta_loss if meta_loss is not None else task.make_meta_loss()
             self.learner = FunctionalModel(task.make_learner())
             if config.meta_optimizer == "adam":
@@ -520,7 +521,8 @@ class MetaTrainer:
         return _one(run_seeds([self], first_step, count))
 
     def _run_distributed(self, fn, batch: TaskBatch, step: int) -> MetaStepInfo:
-        info, ok = fn(self._distribute(batch, self.init_seeds(step, batch.batch_size)))
+        with worker_errors(self.strategy, step):  # multi_worker: a lost worker is one clear error
+            info, ok = fn(self._distribute(batch, self.init_seeds(step, batch.batch_size)))
         if not bool(ok):
             raise NonFiniteError.at(step, info)
         return MetaStepInfo(*(float(v) for v in info))

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import logging
@@ -45,6 +46,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +56,7 @@ import numpy as np
 import tensorflow as tf
 
 from ml3tf.checkpoint import Checkpointer
+from ml3tf.distribute import WorkerLostError, make_strategy, per_worker, worker_errors, worker_of
 from ml3tf.engine import per_seed
 from ml3tf.lock import LOCK_NAME, RunDirLock
 from ml3tf.meta_loss import load_meta_loss
@@ -713,7 +716,11 @@ def train(
 
     check()
     _check_meta_batch_fits(task, config)
-    with _locked(out, keep=lambda: any(holds_run(d) for d in run_dirs)):
+    chief = _worker_index(config) == 0  # multi_worker: only worker 0 locks and writes out_dir
+    lock = (
+        _locked(out, keep=lambda: any(holds_run(d) for d in run_dirs)) if chief else contextlib.nullcontext()
+    )
+    with lock:
         check()  # again under the lock: another process may have written meanwhile
         trainer = MetaTrainer(task, config.replace(seed=seeds[0]))  # one trace serves every seed
         if len(seeds) > 1 and can_batch_seeds(trainer):  # the seeds side by side in one graph
@@ -723,21 +730,80 @@ def train(
                 for s, d, t in zip(seeds, run_dirs, trainers, strict=True)
             ]
             _train_runs(task, config, runs, on_step)
-        else:
+        else:  # one after the other (per-seed task state, or several devices)
             for run_dir, seed in zip(run_dirs, seeds, strict=True):
-                train_one(task, config.replace(seed=seed), run_dir, on_step, trainer, seeds)
+                with _worker_run_dir(trainer, run_dir) as where:  # run_dir, but a copy on workers ≠ 0
+                    train_one(task, config.replace(seed=seed), where, on_step, trainer, seeds)
         paths = [os.path.join(d, "meta_loss.keras") for d in run_dirs] if config.learns_loss else []
         learners = [os.path.join(d, "learner.keras") for d in run_dirs] if config.learns_init else []
         last, selections = paths, []
         if config.select_every:
             last = [os.path.join(d, LAST_META_LOSS) for d in run_dirs]
-            for d in run_dirs:
+            for d in run_dirs if chief else []:
                 with open(os.path.join(d, SELECTION)) as f:
                     selections.append(json.load(f))
         results = None
-        if evaluate:  # the selected φ (meta_loss.keras)
+        if evaluate and chief:  # the selected φ (meta_loss.keras)
             results = _evaluate_locked(task, paths, config, out, seeds, learner_paths=learners or None)
     return TrainResult(out, run_dirs, paths, results, learners, last, selections)
+
+
+def _worker_index(config: MetaTrainConfig) -> int:
+    """This process's worker index under ``config.strategy`` (0 unless ``multi_worker``)."""
+    return worker_of(make_strategy(config.strategy))[0] if config.strategy == "multi_worker" else 0
+
+
+@contextlib.contextmanager
+def _worker_run_dir(trainer: MetaTrainer, run_dir: str) -> Iterator[str]:
+    """The folder this worker's ``train_one`` works in: ``run_dir`` on one worker and on the
+    chief (worker 0) of several; on every other worker a copy of it in ``$TMPDIR``, deleted afterwards.
+
+    TensorFlow's pattern: every worker runs the same steps and saves every checkpoint (a save
+    may need all of them), only the chief's are kept. The copy starts each worker from the
+    chief's files — it needs ``run_dir`` readable there (a shared filesystem) to resume; all
+    workers are checked to start from the same meta-step. A lost worker's ``WorkerLostError``
+    says which checkpoint relaunching resumes from.
+    """
+    index, count = worker_of(trainer.strategy)
+    if count == 1:
+        yield run_dir
+        return
+    tmp = None
+    if index:  # named after the run: a worker killed with -9 leaves it, the relaunch replaces it
+        digest = hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:12]
+        tmp = os.path.join(tempfile.gettempdir(), f"ml3tf-worker{index}-{digest}")
+        shutil.rmtree(tmp, ignore_errors=True)
+    where = run_dir if tmp is None else _copy_run(run_dir, os.path.join(tmp, "run"))
+    try:
+        start = checkpoint_step(where) or 0
+        with worker_errors(trainer.strategy, start):
+            starts = per_worker(trainer.strategy, start)
+        if len(set(starts)) > 1:
+            raise ValueError(
+                f"the workers find checkpoints of different meta-steps in {run_dir!r} (by worker index: "
+                f"{starts}, 0: none): resuming needs --out-dir on a filesystem all workers share"
+            )
+        yield where
+    except WorkerLostError as exc:
+        raise exc.resuming_from(checkpoint_step(where)) from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_run(run_dir: str, copy: str) -> str:
+    """Copy what ``train_one`` reads of ``run_dir`` (if it exists) into a new folder ``copy``."""
+    os.makedirs(copy)
+    skip = {LOCK_NAME, "tensorboard", "results.json", "results.png"}
+    for name in os.listdir(run_dir) if os.path.isdir(run_dir) else []:
+        src = os.path.join(run_dir, name)
+        if name in skip or name.startswith((".tmp-", "seed_")):
+            continue
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(copy, name))
+        else:
+            shutil.copy2(src, os.path.join(copy, name))
+    return copy
 
 
 @contextlib.contextmanager
