@@ -103,6 +103,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+if REPO not in sys.path:  # bench.sine's cpu_name (no framework import)
+    sys.path.insert(0, REPO)
 
 INSTALL_HINT = 'pip install -c constraints.txt -e ".[cpu,bench]"'
 #: stack -> the modules it needs beyond NumPy.
@@ -1067,16 +1069,12 @@ def versions() -> dict[str, str | None]:
 
 
 def machine(cpus: Sequence[int]) -> dict[str, Any]:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
+    from bench.sine import cpu_name  # TensorFlow-free: this process imports no framework
+
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "pinned_cpus": list(cpus),
         "versions": versions(),

@@ -2,13 +2,17 @@
 
     python bench/sine.py [--repeats 3] [--out bench/results/sine.json] [--quick]
 
-1. Per meta-step, side by side in one process: eager vs ``tf.function`` vs XLA
-   (``jit_compile``) for K ∈ {1, 5, 20} inner steps (median over repeats, after a
-   warm-up that pays for tracing).
+1. Per meta-step, side by side in one process: eager (``trainer.meta_step``, one call per
+   step) vs ``tf.function`` vs XLA (``jit_compile``: the whole chunk — gradients, Adam
+   update of φ, finite guard — is one XLA computation), the compiled modes timed as chunks
+   of ``run_steps`` (``steps_per_call`` steps per call), for K ∈ {1, 5, 20} inner steps
+   (median over repeats, after a warm-up chunk that pays for tracing and compilation).
 2. Wall time of the full paper experiment — 5 seeds × 500 meta-steps + meta-test —
    as ``ml3tf train sine --seeds 0 1 2 3 4`` in a fresh process (start to exit), and
    the same with ``--eval-every 10`` (the authors' script evaluates every 10
-   meta-steps, so that is the equal-work comparison with it).
+   meta-steps, so that is the equal-work comparison with it); each with the seeds side by
+   side in one graph (the default) and one after the other (``--no-batch-seeds``), the
+   runs interleaved so that machine drift hits all of them alike.
 
 Prints a table and writes JSON with the machine named. Timings on a shared machine
 are noisy: compare ratios from one run, not absolute numbers across runs.
@@ -38,13 +42,17 @@ sys.path.insert(0, REPO)
 AUTHORS_QUIET_SECONDS = 175.0
 
 
-def machine() -> dict:
-    cpu = ""
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``; empty where unknown)."""
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
-        pass
+        return ""
+
+
+def machine() -> dict:
+    cpu = cpu_name()
     import tensorflow as tf
 
     return {
@@ -58,16 +66,22 @@ def machine() -> dict:
 
 
 def time_steps(trainer, task, mode: str, steps: int, repeats: int) -> float:
-    """Median milliseconds per meta-step."""
-    fn = trainer.meta_step if mode == "eager" else trainer.step
-    batch = task.sample(0, 0, 1)
-    fn(batch, 0)  # warm-up: tracing / compilation
-    fn(batch, 1)
+    """Median milliseconds per meta-step: eager one call per step; compiled, ``run_steps``
+    chunks of ``steps`` meta-steps (one call each)."""
     runs = []
+    if mode == "eager":
+        batch = task.sample(0, 0, 1)
+        trainer.meta_step(batch, 0)  # warm-up
+        for r in range(repeats):
+            start = time.perf_counter()
+            for s in range(steps):
+                trainer.meta_step(batch, 1 + r * steps + s)
+            runs.append((time.perf_counter() - start) / steps * 1e3)
+        return statistics.median(runs)
+    trainer.run_steps(0, steps)  # warm-up: tracing / compilation
     for r in range(repeats):
         start = time.perf_counter()
-        for s in range(steps):
-            fn(batch, 2 + r * steps + s)
+        trainer.run_steps((r + 1) * steps, steps)
         runs.append((time.perf_counter() - start) / steps * 1e3)
     return statistics.median(runs)
 
@@ -81,34 +95,55 @@ def bench_modes(ks: list[int], repeats: int, quick: bool) -> list[dict]:
     for k in ks:
         row = {"inner_steps": k}
         for mode in ("eager", "function", "xla"):
-            cfg = task.default_config().replace(inner_steps=k, jit_compile=mode == "xla")
-            trainer = MetaTrainer(task, cfg)
             n = (3 if quick else 10) if mode == "eager" else (20 if quick else 200)
-            row[f"{mode}_ms"] = time_steps(trainer, task, mode, n, repeats)
+            cfg = task.default_config().replace(inner_steps=k, jit_compile=mode == "xla", steps_per_call=n)
+            row[f"{mode}_ms"] = time_steps(MetaTrainer(task, cfg), task, mode, n, repeats)
         row["function_speedup_vs_eager"] = row["eager_ms"] / row["function_ms"]
         row["xla_speedup_vs_eager"] = row["eager_ms"] / row["xla_ms"]
         rows.append(row)
     return rows
 
 
-def bench_experiment(extra: list[str], repeats: int) -> dict:
-    """Median wall seconds of ``ml3tf train sine --seeds 0 1 2 3 4`` in a fresh process."""
-    times, final = [], None
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "sine")
-            cmd = [sys.executable, "-m", "ml3tf", "train", "sine", "--out-dir", out]
-            cmd += ["--seeds", "0", "1", "2", "3", "4", "--quiet", *extra]
-            start = time.perf_counter()
-            subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times.append(time.perf_counter() - start)
-            with open(os.path.join(out, "results.json")) as f:
-                final = json.load(f)["final"]
+#: The end-to-end runs, all ``ml3tf train sine --seeds 0 1 2 3 4`` plus these flags.
+EXPERIMENTS = {
+    "experiment": [],
+    "experiment_eval_every_10": ["--eval-every", "10"],
+    "experiment_one_by_one": ["--no-batch-seeds"],
+    "experiment_eval_every_10_one_by_one": ["--eval-every", "10", "--no-batch-seeds"],
+}
+
+
+def run_once(extra: list[str]) -> tuple[float, dict]:
+    """Wall seconds of ``ml3tf train sine --seeds 0 1 2 3 4 <extra>`` in a fresh process, and its
+    ``final`` results."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "sine")
+        cmd = [sys.executable, "-m", "ml3tf", "train", "sine", "--out-dir", out]
+        cmd += ["--seeds", "0", "1", "2", "3", "4", "--quiet", *extra]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        with open(os.path.join(out, "results.json")) as f:
+            return seconds, json.load(f)["final"]
+
+
+def bench_experiments(repeats: int) -> dict[str, dict]:
+    """Every entry of ``EXPERIMENTS`` ``repeats`` times, interleaved (round r runs each once)."""
+    times: dict[str, list[float]] = {name: [] for name in EXPERIMENTS}
+    finals: dict[str, dict] = {}
+    for r in range(repeats):
+        names = list(EXPERIMENTS) if r % 2 == 0 else list(reversed(EXPERIMENTS))
+        for name in names:
+            seconds, finals[name] = run_once(EXPERIMENTS[name])
+            times[name].append(seconds)
     return {
-        "command": " ".join(["ml3tf", "train", "sine", "--seeds 0 1 2 3 4", *extra]),
-        "seconds_median": statistics.median(times),
-        "seconds_all": times,
-        "final": final,
+        name: {
+            "command": " ".join(["ml3tf", "train", "sine", "--seeds 0 1 2 3 4", *extra]),
+            "seconds_median": statistics.median(times[name]),
+            "seconds_all": times[name],
+            "final": finals[name],
+        }
+        for name, extra in EXPERIMENTS.items()
     }
 
 
@@ -121,15 +156,14 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
 
     modes = bench_modes([1, 5, 20], repeats, args.quick)
-    lean = bench_experiment([], repeats)
-    equal = bench_experiment(["--eval-every", "10"], 1 if args.quick else max(1, repeats - 1))
+    experiments = bench_experiments(repeats)
+    lean, equal = experiments["experiment"], experiments["experiment_eval_every_10"]
     result = {
         "benchmark": "sine",
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "meta_step_ms": modes,
-        "experiment": lean,
-        "experiment_eval_every_10": equal,
+        **experiments,
         "authors_pytorch_quiet_seconds": AUTHORS_QUIET_SECONDS,
         "speedup_vs_authors_equal_work": AUTHORS_QUIET_SECONDS / equal["seconds_median"],
         "speedup_vs_authors_lean": AUTHORS_QUIET_SECONDS / lean["seconds_median"],
@@ -149,10 +183,11 @@ def main() -> None:
             f" {r['function_speedup_vs_eager']:>8.1f}× {r['xla_speedup_vs_eager']:>9.1f}×"
         )
     print("\nfull 5-seed experiment, process start to exit (median)")
-    for key, label in (("experiment", "lean (paper default)"), ("experiment_eval_every_10", "eval every 10")):
+    for key in EXPERIMENTS:
         e = result[key]
+        label = key.removeprefix("experiment").strip("_") or "lean"
         print(
-            f"  {label:<22} {e['seconds_median']:7.1f} s   test learned {e['final']['test']['learned']:.3f}"
+            f"  {label:<32} {e['seconds_median']:7.1f} s   test learned {e['final']['test']['learned']:.3f}"
             f" vs mse {e['final']['test']['baseline']:.3f}"
         )
     print(

@@ -17,6 +17,7 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``sine``: docs/results/sine/results.json, written by
   ``ml3tf train sine --out-dir <tmp> --seeds 0 1 2 3 4`` (the README's first command);
 * ``bench-sine``: bench/results/sine.json, written by ``python bench/sine.py``;
+* ``bench-peers``: bench/results/peers.json, written by ``python bench/peers.py``;
 * ``bench-scale``: bench/results/scale.json, written by ``python bench/scale.py``;
 * ``keras-learned-loss``: bench/results/keras_learned_loss.json, written by
   ``python bench/keras_learned_loss.py``;
@@ -125,20 +126,93 @@ def render_bench_sine() -> str:
             f"| {r['function_speedup_vs_eager']:.1f}× | {r['xla_speedup_vs_eager']:.1f}× |"
         )
     lean, equal = b["experiment"], b["experiment_eval_every_10"]
+    one_lean, one_equal = b.get("experiment_one_by_one"), b.get("experiment_eval_every_10_one_by_one")
     lines += [
         "",
-        "| whole 5-seed experiment (process start to exit) | seconds (median) |",
-        "|---|---|",
+        "| whole 5-seed experiment (process start to exit) | seeds side by side (default) "
+        "| one after the other (`--no-batch-seeds`) |",
+        "|---|---|---|",
         f"| `ml3tf train sine --seeds 0 1 2 3 4` (paper protocol, meta-test at the end) "
-        f"| {lean['seconds_median']:.1f} |",
+        f"| {lean['seconds_median']:.1f} s | {_seconds(one_lean)} |",
         f"| same with `--eval-every 10` (the authors' script's amount of work) "
-        f"| {equal['seconds_median']:.1f} |",
+        f"| {equal['seconds_median']:.1f} s | {_seconds(one_equal)} |",
         f"| authors' PyTorch script, same work, quiet 2-core machine (reference figure, not re-run) "
-        f"| {b['authors_pytorch_quiet_seconds']:.0f} |",
+        f"| {b['authors_pytorch_quiet_seconds']:.0f} s | |",
         "",
         f"Equal work: {b['speedup_vs_authors_equal_work']:.1f}× faster than the authors' script; "
-        f"the lean default run: {b['speedup_vs_authors_lean']:.1f}×.",
+        f"the lean default run: {b['speedup_vs_authors_lean']:.1f}×. (Medians of "
+        f"{len(lean['seconds_all'])} interleaved runs each.)",
     ]
+    return "\n".join(lines)
+
+
+def _seconds(e: dict | None) -> str:
+    return "—" if e is None else f"{e['seconds_median']:.1f} s"
+
+
+#: bench/peers.py's stacks, in the table's order, with their labels.
+PEER_STACKS = (
+    ("ml3tf_function", "ml3tf `run_steps`, `tf.function`"),
+    ("ml3tf_xla", "ml3tf `run_steps`, XLA (`jit_compile=True`)"),
+    ("ml3tf_step_xla", "ml3tf `trainer.step` per call, XLA"),
+    ("torch_func", "PyTorch `torch.func` (functional_call + grad)"),
+    ("torch_higher", "PyTorch + `higher` (the authors' stack)"),
+    ("jax", "JAX `jit` (`lax.scan` chunk)"),
+)
+
+
+def render_bench_peers() -> str:
+    with open(os.path.join(REPO, "bench", "results", "peers.json")) as f:
+        b = json.load(f)
+    m = b["machine"]
+    v = m["versions"]
+    tf_version = v.get("tensorflow-cpu") or v.get("tensorflow")
+    ks = [str(k) for k in b["ks"]]
+    lines = [
+        f"Measured by `{b['command']}` on {m['cpu']} ×{m['cpu_count']} cores, every stack pinned to "
+        f"CPUs {m['pinned_cpus']} with {b['threads']} thread(s) ({b['date']}; "
+        f"[bench/results/peers.json](bench/results/peers.json)); TF {tf_version}, "
+        f"torch {v['torch']}, higher {v['higher']}, JAX {v['jax']}. Each peer's meta-gradient was checked "
+        "against ml3tf's on the same inputs before it was timed.",
+        "",
+        "| ms per meta-step | "
+        + " | ".join(f"ML3 K={k}" for k in ks)
+        + " | "
+        + " | ".join(f"MAML K={k}" for k in ks)
+        + " | ms per evaluation | max rel. error f32 / f64 |",
+        "|---|" + "---|" * (2 * len(ks) + 2),
+    ]
+    for name, label in PEER_STACKS:
+        st = b["stacks"].get(name)
+        if st is None or "timing" not in st:
+            continue
+        t = st["timing"]
+        cells = [_num((t.get("ml3") or {}).get(k, {}).get("ms"), ".2f") for k in ks]
+        cells += [_num((t.get("maml") or {}).get(k, {}).get("ms"), ".2f") for k in ks]
+        cells.append(_num((t.get("eval") or {}).get("ms"), ".0f"))
+        e32, e64 = st.get("max_rel_err_f32", {}), st.get("max_rel_err_f64", {})
+        err = (
+            "reference" if name.startswith("ml3tf") else f"{max(e32.values()):.1e} / {max(e64.values()):.1e}"
+        )
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {err} |")
+    ratios = b["ratio_vs_ml3tf_best"]
+    lines += [
+        "",
+        "Peer ÷ ml3tf's best compiled `run_steps` (above 1: ml3tf is faster):",
+        "",
+        "| peer | "
+        + " | ".join(f"ML3 K={k}" for k in ks)
+        + " | "
+        + " | ".join(f"MAML K={k}" for k in ks)
+        + " |",
+        "|---|" + "---|" * (2 * len(ks)),
+    ]
+    for name, label in PEER_STACKS:
+        if name.startswith("ml3tf") or name not in ratios.get("ml3", {}):
+            continue
+        cells = [_num(ratios["ml3"][name].get(k), ".2f") for k in ks]
+        cells += [_num(ratios.get("maml", {}).get(name, {}).get(k), ".2f") for k in ks]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -424,6 +498,8 @@ def render(text: str) -> tuple[str, list[str]]:
         put("sine", render_sine())
     if _exists("bench", "results", "sine.json"):
         put("bench-sine", render_bench_sine())
+    if _exists("bench", "results", "peers.json"):
+        put("bench-peers", render_bench_peers())
     if _exists("bench", "results", "scale.json"):
         put("bench-scale", render_bench_scale())
     if _exists("bench", "results", "keras_learned_loss.json"):

@@ -130,6 +130,10 @@ class MetaTrainConfig:
     eval_every: int = schedule(0)
     """Evaluate (learned loss vs baseline) every N meta-steps into metrics.jsonl; 0: never."""
     steps_per_call: int = execution(50)
+    batch_seeds: bool = execution(True)
+    """Meta-train several seeds side by side in one compiled graph (each seed bit-identical to its
+    run alone; their evaluations as one meta-test); off: one seed after the other. Tasks with
+    per-seed state between chunks, and strategies over several devices, always go one by one."""
     """Meta-steps per compiled call (a loop inside the graph; metrics stay per step)."""
     checkpoint_every: int = schedule(100)
     """Save a resumable checkpoint every N meta-steps (and at the end)."""

@@ -723,7 +723,7 @@ def train(
     with lock:
         check()  # again under the lock: another process may have written meanwhile
         trainer = MetaTrainer(task, config.replace(seed=seeds[0]))  # one trace serves every seed
-        if len(seeds) > 1 and can_batch_seeds(trainer):  # the seeds side by side in one graph
+        if config.batch_seeds and len(seeds) > 1 and can_batch_seeds(trainer):  # side by side, one graph
             trainers = [trainer] + [MetaTrainer(task, config.replace(seed=s)) for s in seeds[1:]]
             runs = [
                 _SeedRun(task, config.replace(seed=s), d, t, seeds)
