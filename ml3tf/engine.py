@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -156,6 +157,12 @@ class MetaTestEngine:
             vectorize,
         )
 
+    @property
+    def seeds_together(self) -> bool:
+        """Whether several seeds' learners (each with its own φ) should share one run: not on a
+        CPU, where a run is split across the cores instead (``_cpu_parts``)."""
+        return not self.jit_compile or _cpu_parts() == 1
+
     # --- θ₀ ------------------------------------------------------------------------------
     def initial_params(self, seed: int, count: int) -> list[tf.Tensor]:
         """Stacked θ₀ ``(count, …)`` of meta-test learners ``0 … count − 1`` of ``seed`` (Xavier,
@@ -271,7 +278,49 @@ class MetaTestEngine:
                 params = [tf.transpose(x, [1, 0, *range(2, len(x.shape))]) for x in path]
             return out, params
 
-        return tf.function(curves, jit_compile=self.jit_compile, autograph=False)
+        compiled = tf.function(curves, jit_compile=self.jit_compile, autograph=False)
+        parts = _cpu_parts() if self.jit_compile else 1
+        if parts == 1:
+            return compiled
+
+        def split(params, state, data, phi):
+            # One XLA computation keeps to about one core on CPU; ``parts`` equal slices of the
+            # learners run as independent computations, side by side on the inter-op threads.
+            # (The learner count is padded to a multiple of the slice size with copies of learner 0.)
+            count = int(params[0].shape[0])
+            if count < 2:
+                return compiled(params, state, data, phi)
+            size = -(-count // parts)  # learners per slice; the slices used, and the padding
+            used = -(-count // size)
+            pad = size * used - count
+
+            def padded(x):
+                return tf.concat([x, tf.repeat(x[:1], pad, axis=0)], 0) if pad else x
+
+            per_learner = (list(params), list(state), dict(data), list(phi) if phi_per_learner else [])
+            per_learner = tf.nest.map_structure(padded, per_learner)
+            outs = []
+            for i in range(used):
+                part = tf.nest.map_structure(lambda x, i=i: x[i * size : (i + 1) * size], per_learner)
+                p, s, d, f = part
+                outs.append(compiled(p, s, d, f if phi_per_learner else list(phi)))
+            curves_out = tf.concat([o[0] for o in outs], 0)[:count]
+            params_out = [tf.concat(list(xs), 0)[:count] for xs in zip(*[o[1] for o in outs], strict=True)]
+            return curves_out, params_out
+
+        return tf.function(split, autograph=False)
+
+
+def _cpu_parts() -> int:
+    """How many independent XLA computations a meta-test splits its learners into: the usable
+    CPU cores (at most 4) when TensorFlow sees no GPU, else 1."""
+    if tf.config.list_logical_devices("GPU"):
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def functional_learner(task: Any) -> FunctionalModel:

@@ -408,7 +408,11 @@ class SupervisedTask(Task):
         inits = [None] * len(seeds) if inits is None else inits
         if losses is not None:
             arch = {architecture_key(m) for m in losses}
-            if len(arch) == 1 and len(seeds) > 1:  # every seed's learners in one run, each its own φ
+            # Every seed's learners in one run, each with its own φ, where that is faster: on
+            # accelerators. On CPU one seed at a time shares φ across its learners (one large
+            # matrix product per layer instead of many small ones) and the engine already spreads
+            # each run over the cores; that measured faster (bench/sine.py).
+            if len(arch) == 1 and len(seeds) > 1 and engine.seeds_together:
                 learned = self._split_curves(
                     engine,
                     ("learned", arch.pop(), metric_key),

@@ -78,12 +78,17 @@ def test_run_seeds_refuses_mixed_configs_and_per_seed_task_state():
         run_seeds(trainers, 0, 1)
 
 
-def test_train_with_seeds_batched_writes_what_each_seed_alone_writes(tmp_path):
+@pytest.mark.parametrize("eval_jit_compile", [True, False])
+def test_train_with_seeds_batched_writes_what_each_seed_alone_writes(tmp_path, eval_jit_compile):
     """``train`` over 3 seeds (one graph) against ``train_one`` per seed: metric lines and the saved
-    loss networks bit for bit; the evaluations (all seeds' learners in one run, each with its own
-    φ, against one seed's learners sharing φ) to float32 round-off."""
+    loss networks bit for bit; the evaluations to float32 round-off (without XLA all seeds'
+    learners run as one meta-test, each learner with its own seed's φ — ``phi_per_learner`` —
+    against one seed's learners sharing φ; with XLA on a CPU one seed at a time, split over
+    the cores)."""
     task = ToyTask(learner="smooth", meta_loss="network")
-    cfg = task.default_config().replace(meta_steps=12, steps_per_call=5, checkpoint_every=4, eval_every=6)
+    cfg = task.default_config().replace(
+        meta_steps=12, steps_per_call=5, checkpoint_every=4, eval_every=6, eval_jit_compile=eval_jit_compile
+    )
     seeds = [0, 1, 2]
     together = train(task, cfg, str(tmp_path / "together"), seeds=seeds)
     for seed, run_dir in zip(seeds, together.run_dirs, strict=True):
@@ -134,7 +139,7 @@ def test_train_resumes_seeds_from_different_checkpoints(tmp_path):
 def test_the_baseline_arm_is_computed_once_per_seed(monkeypatch):
     """Evaluations of one run (``eval_every``) reuse the hand-written-loss curves: the engine runs
     the baseline once per seed and engine, and the reused numbers are the fresh ones."""
-    from ml3tf.engine import MetaTestEngine
+    from ml3tf.engine import MetaTestEngine, engine_for
 
     task = ToyTask(learner="smooth", meta_loss="network")
     cfg = task.default_config()
@@ -150,8 +155,31 @@ def test_the_baseline_arm_is_computed_once_per_seed(monkeypatch):
     first = task.evaluate([trainer.meta_loss], cfg, [0, 1])
     trainer.run_steps(0, 3)  # φ moves: the learned arm changes, the baseline cannot
     second = task.evaluate([trainer.meta_loss], cfg, [0, 1])
-    assert keys.count("baseline") == 1 and keys.count("learned") == 2
+    # the baseline of both seeds in one run, once; the learned arm every time (per seed on a CPU)
+    together = engine_for(task, cfg).seeds_together
+    assert keys.count("baseline") == 1 and keys.count("learned") == (2 if together else 4)
     assert first["seed_curves"]["test"]["baseline"] == second["seed_curves"]["test"]["baseline"]
     assert first["seed_curves"]["test"]["learned"] != second["seed_curves"]["test"]["learned"]
     fresh = ToyTask(learner="smooth", meta_loss="network").evaluate([trainer.meta_loss], cfg, [0, 1])
     assert fresh["seed_curves"]["test"]["baseline"] == second["seed_curves"]["test"]["baseline"]
+
+
+def test_a_meta_test_split_over_the_cores_equals_one_run(monkeypatch, float64):
+    """``MetaTestEngine`` on a CPU runs the learners as equal slices side by side (padded with
+    copies of learner 0): the curves are those of one run over all learners."""
+    import ml3tf.engine as engine_mod
+
+    task = ToyTask(learner="smooth", meta_loss="network")
+    cfg = task.default_config()
+    meta_loss = MetaTrainer(task, cfg).meta_loss
+    out = {}
+    seeds = [0, 1, 2, 3, 4]
+    for parts in (1, 4):  # the baseline's 5 × 2 learners in slices of 3: padded to 12
+        monkeypatch.setattr(engine_mod, "_cpu_parts", lambda parts=parts: parts)
+        fresh = ToyTask(learner="smooth", meta_loss="network")  # no cached engine or curves
+        out[parts] = fresh.evaluate([meta_loss] * 5, cfg, seeds)["seed_curves"]
+    for split in ("train", "test"):
+        for arm in ("learned", "baseline"):
+            # float64: the same per-learner computations in batches of other sizes; 1e-12 is
+            # ~1e4 ulps, a learner taken from the wrong slice is off by O(1e-2)
+            np.testing.assert_allclose(out[4][split][arm], out[1][split][arm], rtol=1e-12)
