@@ -93,7 +93,7 @@ setup(
         # Everything the test suite runs beside TensorFlow (pick it with cpu/gpu/tpu): RL, notebooks, lint.
         "test": [*TENSORBOARD, *RL, *TEST],
     },
-    entry_points={"console_scripts": ["ml3tf=ml3tf.cli:main"]},
+    entry_points={"console_scripts": ["ml3tf=ml3tf.cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

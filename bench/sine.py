@@ -13,6 +13,10 @@
    meta-steps, so that is the equal-work comparison with it); each with the seeds side by
    side in one graph (the default) and one after the other (``--no-batch-seeds``), the
    runs interleaved so that machine drift hits all of them alike.
+3. One meta-test of the 5 seeds (``task.evaluate``: 11 learners per seed × 100 SGD steps on the
+   learned loss, and the MSE arm) with XLA and in the plain graph, each in a fresh process: the
+   first call (tracing and compilation included) and the median of the later ones, hence after
+   how many evaluations XLA's compile has paid back (what ``eval_jit_compile=None`` goes by).
 
 Prints a table and writes JSON with the machine named. Timings on a shared machine
 are noisy: compare ratios from one run, not absolute numbers across runs.
@@ -147,15 +151,52 @@ def bench_experiments(repeats: int) -> dict[str, dict]:
     }
 
 
+def _time_evaluations(jit: bool, rounds: int) -> dict:
+    """In this process: seconds of ``rounds`` meta-tests of 5 seeds (fresh loss networks)."""
+    from ml3tf import tasks
+
+    task = tasks.get("sine")
+    cfg = task.default_config().replace(eval_jit_compile=jit)
+    seeds = [0, 1, 2, 3, 4]
+    losses = [task.make_meta_loss() for _ in seeds]
+    seconds = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        task.evaluate(losses, cfg, seeds)
+        seconds.append(time.perf_counter() - start)
+    return {"first_s": seconds[0], "later_s_median": statistics.median(seconds[1:]), "all_s": seconds}
+
+
+def bench_evaluations(rounds: int) -> dict:
+    """``_time_evaluations`` with and without XLA, each in a fresh process."""
+    out = {}
+    for name, jit in (("xla", True), ("graph", False)):
+        cmd = [sys.executable, os.path.abspath(__file__), "--evaluation-child", str(int(jit)), str(rounds)]
+        done = subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True)
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    saved = out["graph"]["later_s_median"] - out["xla"]["later_s_median"]
+    extra = out["xla"]["first_s"] - out["graph"]["first_s"]
+    out["xla_pays_back_after"] = 1 + extra / saved if saved > 0 else None
+    from ml3tf.config import EVAL_XLA_MIN_EVALUATIONS
+
+    out["xla_from_evaluations"] = EVAL_XLA_MIN_EVALUATIONS  # what eval_jit_compile=None goes by
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "sine.json"))
     ap.add_argument("--quick", action="store_true", help="few steps, one repeat (a smoke run)")
+    ap.add_argument("--evaluation-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.evaluation_child:  # one side of bench_evaluations, in its own process
+        print(json.dumps(_time_evaluations(bool(args.evaluation_child[0]), args.evaluation_child[1])))
+        return
     repeats = 1 if args.quick else args.repeats
 
     modes = bench_modes([1, 5, 20], repeats, args.quick)
+    evaluation = bench_evaluations(3 if args.quick else 8)
     experiments = bench_experiments(repeats)
     lean, equal = experiments["experiment"], experiments["experiment_eval_every_10"]
     result = {
@@ -163,6 +204,7 @@ def main() -> None:
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "meta_step_ms": modes,
+        "evaluation": evaluation,
         **experiments,
         "authors_pytorch_quiet_seconds": AUTHORS_QUIET_SECONDS,
         "speedup_vs_authors_equal_work": AUTHORS_QUIET_SECONDS / equal["seconds_median"],
@@ -182,6 +224,12 @@ def main() -> None:
             f"{r['inner_steps']:>4} {r['eager_ms']:>9.2f} {r['function_ms']:>12.3f} {r['xla_ms']:>9.3f}"
             f" {r['function_speedup_vs_eager']:>8.1f}× {r['xla_speedup_vs_eager']:>9.1f}×"
         )
+    print("\none meta-test of 5 seeds: first call / later calls (median)")
+    for name in ("xla", "graph"):
+        e = evaluation[name]
+        print(f"  {name:<6} {e['first_s']:6.2f} s / {e['later_s_median']:6.3f} s")
+    back = evaluation["xla_pays_back_after"]
+    print("  XLA pays back after " + ("never" if back is None else f"{back:.1f} evaluations"))
     print("\nfull 5-seed experiment, process start to exit (median)")
     for key in EXPERIMENTS:
         e = result[key]

@@ -143,6 +143,21 @@ def render_bench_sine() -> str:
         f"the lean default run: {b['speedup_vs_authors_lean']:.1f}×. (Medians of "
         f"{len(lean['seconds_all'])} interleaved runs each.)",
     ]
+    ev = b.get("evaluation")
+    if ev is not None:
+        x, g, back = ev["xla"], ev["graph"], ev["xla_pays_back_after"]
+        lines += [
+            "",
+            f"One meta-test of the 5 seeds (11 learners per seed × 100 SGD steps, both arms; fresh "
+            f"process, median of {len(x['all_s']) - 1} later calls): with XLA the first call takes "
+            f"{x['first_s']:.2f} s and later ones {x['later_s_median']:.3f} s, in the plain graph "
+            f"{g['first_s']:.2f} s and {g['later_s_median']:.3f} s, so XLA pays back after "
+            + ("no number of evaluations" if back is None else f"about {back:.0f} evaluations")
+            + " here (a figure that moves between runs on a shared machine). By default "
+            f"(`eval_jit_compile` unset) a CPU run compiles its meta-tests with XLA when it runs at "
+            f"least {ev['xla_from_evaluations']} of them (the `--eval-every 10` run: 51), not for "
+            "the lean run's one; on a GPU or TPU always.",
+        ]
     return "\n".join(lines)
 
 

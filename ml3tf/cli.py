@@ -103,7 +103,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequen
         flag = "--" + f.name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         help_text = docs.get(f.name, "")
-        if isinstance(default, bool):
+        if isinstance(default, bool) or str(f.type).replace(" ", "") in ("bool|None", "Optional[bool]"):
             kwargs["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, tuple):
             kwargs["nargs"] = "+"
@@ -220,6 +220,27 @@ def _progress_callback(meta_steps: int, quiet: bool, seeds: Sequence[int] = (0,)
         bar.update(sum(done.values()), [("task_loss", info.task_loss), ("initial_loss", info.initial_loss)])
 
     return on_step
+
+
+def run() -> None:
+    """The ``ml3tf`` command (and ``python -m ml3tf``): ``main()``, then the process ends.
+
+    Once TensorFlow is loaded the process ends without the interpreter's finalisation: tearing
+    down TensorFlow's runtime takes a noticeable part of a short run's time, and nothing needs
+    it — by then every file of the run is written and closed, and the streams and log handlers
+    are flushed here. A multi-worker process (``$TF_CONFIG`` set) exits normally, so
+    that its collective runtime shuts down in order with the other workers', and so does a
+    process under a profiler or a tracer (``python -m cProfile``, coverage), which writes its
+    results at exit.
+    """
+    code = main()
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if "tensorflow" in sys.modules and not os.environ.get("TF_CONFIG") and not watched:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,13 @@ META_UPDATES = ("unrolled", "online")
 STRATEGIES = ("default", "mirrored", "tpu", "multi_worker")
 
 
+#: With ``eval_jit_compile=None`` a CPU run compiles its meta-tests with XLA from this many
+#: evaluations on (``eval_every``; the final one counts): on the sine task one XLA compile costs
+#: what a dozen or two compiled evaluations then save (``bench/sine.py`` times the first and the
+#: later evaluations both ways: ``evaluation`` in ``bench/results/sine.json``).
+EVAL_XLA_MIN_EVALUATIONS = 20
+
+
 #: The three kinds of configuration field (``MetaTrainConfig.fields_of``):
 #: ``maths`` — what meta-training computes (a resumed run must keep them);
 #: ``schedule`` — how long it runs and when it evaluates and saves;
@@ -125,8 +132,10 @@ class MetaTrainConfig:
     """Compile the meta-step with XLA (slower on CPU for the tiny sine step; for GPU/TPU)."""
     eval_steps: int = schedule(100)
     """Meta-test SGD steps of fresh learners."""
-    eval_jit_compile: bool = execution(True)
-    """Compile the meta-test curves with XLA (faster on CPU too; turn off to debug)."""
+    eval_jit_compile: bool | None = execution(None)
+    """Compile the meta-test curves with XLA: ``True``, ``False`` or ``None`` (auto: on a GPU or
+    TPU, and on a CPU when the run meta-tests at least ``EVAL_XLA_MIN_EVALUATIONS`` times, where
+    XLA's one-off compile pays back; ``ml3tf.engine.eval_jit_compile``)."""
     eval_every: int = schedule(0)
     """Evaluate (learned loss vs baseline) every N meta-steps into metrics.jsonl; 0: never."""
     steps_per_call: int = execution(50)
@@ -170,6 +179,10 @@ class MetaTrainConfig:
         _at_least("eval_every", self.eval_every, 0)
         _at_least("checkpoint_every", self.checkpoint_every, 1)
         _at_least("steps_per_call", self.steps_per_call, 1)
+        if not (self.eval_jit_compile is None or isinstance(self.eval_jit_compile, bool)):
+            raise ValueError(
+                f"eval_jit_compile must be True, False or None (auto), got {self.eval_jit_compile!r}"
+            )
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise ValueError(
                 f"inner_optimizer must be one of {INNER_OPTIMIZERS}, got {self.inner_optimizer!r}"

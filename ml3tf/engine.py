@@ -43,6 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ml3tf.config import EVAL_XLA_MIN_EVALUATIONS
 from ml3tf.functional import FunctionalModel
 from ml3tf.inner import InnerOptimizer, make_inner_optimizer
 from ml3tf.seeds import meta_test_seeds
@@ -153,7 +154,7 @@ class MetaTestEngine:
             learner,
             make_inner_optimizer(config.inner_optimizer, lr, config.inner_momentum),
             config.eval_steps if steps is None else int(steps),
-            config.eval_jit_compile if jit_compile is None else bool(jit_compile),
+            eval_jit_compile(config) if jit_compile is None else bool(jit_compile),
             vectorize,
         )
 
@@ -311,10 +312,33 @@ class MetaTestEngine:
         return tf.function(split, autograph=False)
 
 
+def _on_accelerator() -> bool:
+    """Whether TensorFlow sees a GPU or a TPU."""
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def eval_jit_compile(config: MetaTrainConfig) -> bool:
+    """Whether the meta-tests of a run with ``config`` compile with XLA: ``config.eval_jit_compile``
+    when it is set; when it is ``None`` (auto), on a GPU or TPU always, on a CPU when the run
+    meta-tests at least ``EVAL_XLA_MIN_EVALUATIONS`` times (every ``eval_every`` meta-steps and
+    at the end), where XLA's one-off compile costs less than it then saves.
+
+    >>> from ml3tf.config import MetaTrainConfig
+    >>> eval_jit_compile(MetaTrainConfig(eval_jit_compile=False, eval_every=10))
+    False
+    """
+    if config.eval_jit_compile is not None:
+        return config.eval_jit_compile
+    if _on_accelerator():
+        return True
+    evaluations = (config.meta_steps // config.eval_every if config.eval_every else 0) + 1
+    return evaluations >= EVAL_XLA_MIN_EVALUATIONS
+
+
 def _cpu_parts() -> int:
     """How many independent XLA computations a meta-test splits its learners into: the usable
-    CPU cores (at most 4) when TensorFlow sees no GPU, else 1."""
-    if tf.config.list_logical_devices("GPU"):
+    CPU cores (at most 4) when TensorFlow sees no GPU or TPU, else 1."""
+    if _on_accelerator():
         return 1
     try:
         cores = len(os.sched_getaffinity(0))
@@ -343,7 +367,7 @@ def engine_for(
     ``eval_steps`` or ``steps``, ``eval_jit_compile`` or ``jit_compile``), cached on the task so
     that repeated evaluations (``eval_every``) reuse its traces."""
     steps = config.eval_steps if steps is None else int(steps)
-    jit = config.eval_jit_compile if jit_compile is None else bool(jit_compile)
+    jit = eval_jit_compile(config) if jit_compile is None else bool(jit_compile)
     key = (config.inner_optimizer, config.inner_lr, config.inner_momentum, steps, jit, vectorize)
     cache = task.__dict__.setdefault("_meta_test_engines", {})
     if key not in cache:

@@ -72,6 +72,21 @@ def test_tuple_and_bool_flags(tmp_path):
     assert not os.path.exists(os.path.join(out, "results.json"))
 
 
+def test_an_optional_bool_field_is_a_yes_no_flag_left_unset_by_default():
+    """``eval_jit_compile: bool | None``: ``--eval-jit-compile`` / ``--no-eval-jit-compile`` set it;
+    without either the config keeps its default, ``None`` (auto)."""
+    import argparse
+
+    from ml3tf.cli import _picked, add_dataclass_flags
+    from ml3tf.config import MetaTrainConfig
+
+    parser = argparse.ArgumentParser()
+    names = add_dataclass_flags(parser, MetaTrainConfig)
+    for argv, want in (([], None), (["--eval-jit-compile"], True), (["--no-eval-jit-compile"], False)):
+        picked = _picked(parser.parse_args(argv), names)
+        assert MetaTrainConfig(**picked).eval_jit_compile is want
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -100,6 +115,47 @@ def test_out_dir_that_is_a_file(tmp_path, capsys):
     f.write_text("")
     assert main(["train", "sine", "--out-dir", str(f), *QUICK]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_the_command_ends_at_once_with_every_file_complete(tmp_path):
+    """``python -m ml3tf`` ends the process without the interpreter's finalisation once TensorFlow
+    is loaded (``cli.run``): the exit code is ``main``'s, and every file of the run — results,
+    metrics, checkpoints, TensorBoard events — is complete, so that the run resumes from it."""
+    out = str(tmp_path / "s")
+    cmd = [sys.executable, "-m", "ml3tf", "train", "sine", "--out-dir", out, *QUICK]
+    cmd += ["--checkpoint-every", "2", "--tensorboard"]
+    done = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    res = _json(os.path.join(out, "results.json"))
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        lines = f.read().splitlines(keepends=True)
+    assert len(lines) == 4 and all(line.endswith("\n") for line in lines)
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2, 3]
+    import tensorflow as tf
+
+    events = tf.io.gfile.glob(os.path.join(out, "tensorboard", "*"))
+    tags = {v.tag for e in events for ev in tf.compat.v1.train.summary_iterator(e) for v in ev.summary.value}
+    assert tags, "no TensorBoard scalar was written"
+    # A longer run resumes from the last checkpoint the first process wrote, and ends as fresh.
+    longer = subprocess.run([*cmd, "--meta-steps", "6"], capture_output=True, text=True)
+    assert longer.returncode == 0, longer.stderr
+    assert "resuming from meta-step 4" in longer.stderr
+    assert _json(os.path.join(out, "results.json"))["final"] != res["final"]
+    bad = subprocess.run([*cmd, "--inner-lr", "-1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "inner_lr" in bad.stderr
+    # It does skip the finalisation (an atexit hook never runs) — but not without TensorFlow, nor
+    # under a profiler (which writes its results at exit).
+    probe = "import atexit, sys; atexit.register(print, 'finalised'); sys.argv = ['ml3tf', 'tasks']; {}"
+    profiled = "import cProfile; cProfile.Profile().enable(); "
+    for imports, finalised in (
+        ("import tensorflow; ", False),
+        ("", True),
+        (profiled + "import tensorflow; ", True),
+    ):
+        code = probe.format(imports + "from ml3tf.cli import run; run()")
+        ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert ran.returncode == 0 and "sine" in ran.stdout, ran.stderr
+        assert ("finalised" in ran.stdout) is finalised
 
 
 def test_python_dash_m_and_help():

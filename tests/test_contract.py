@@ -87,6 +87,34 @@ class _Disconnected(ToyTask):
         return tf.stop_gradient(feats), state
 
 
+def test_eval_jit_compile_auto_uses_xla_where_its_compile_pays_back(monkeypatch):
+    """``eval_jit_compile=None`` (the default): XLA on an accelerator; on a CPU only for runs that
+    meta-test at least ``EVAL_XLA_MIN_EVALUATIONS`` times; a set value is kept as given."""
+    import ml3tf.engine as engine_mod
+    from ml3tf.config import EVAL_XLA_MIN_EVALUATIONS as N
+
+    monkeypatch.setattr(engine_mod, "_on_accelerator", lambda: False)
+    auto = MetaTrainConfig(meta_steps=500)
+    assert auto.eval_jit_compile is None
+    assert not engine_mod.eval_jit_compile(auto)  # the final meta-test only
+    assert not engine_mod.eval_jit_compile(auto.replace(eval_every=500 // (N - 1) + 1))  # N - 1 of them
+    assert engine_mod.eval_jit_compile(auto.replace(eval_every=500 // (N - 1)))  # N
+    assert engine_mod.eval_jit_compile(auto.replace(eval_every=10))
+    for value in (True, False):
+        for every in (0, 10):
+            cfg = auto.replace(eval_jit_compile=value, eval_every=every)
+            assert engine_mod.eval_jit_compile(cfg) is value
+    task = ToyTask()
+    assert not engine_for(task, auto).jit_compile
+    assert engine_for(task, auto.replace(eval_every=10)).jit_compile
+    monkeypatch.setattr(engine_mod, "_on_accelerator", lambda: True)
+    assert engine_mod.eval_jit_compile(auto)
+    assert not engine_mod.eval_jit_compile(auto.replace(eval_jit_compile=False))
+    for bad in ("yes", 1, 0):
+        with pytest.raises(ValueError, match="eval_jit_compile"):
+            MetaTrainConfig(eval_jit_compile=bad)
+
+
 @pytest.mark.parametrize("meta_update", ["unrolled", "online"])
 def test_a_loss_network_cut_from_theta_is_refused_not_trained(meta_update):
     task = _Disconnected(learner="smooth", meta_loss="network")
