@@ -228,10 +228,10 @@ def run() -> None:
     Once TensorFlow is loaded the process ends without the interpreter's finalisation: tearing
     down TensorFlow's runtime takes a noticeable part of a short run's time, and nothing needs
     it — by then every file of the run is written and closed, and the streams and log handlers
-    are flushed here. A multi-worker process (``$TF_CONFIG`` set) exits normally, so
-    that its collective runtime shuts down in order with the other workers', and so does a
-    process under a profiler or a tracer (``python -m cProfile``, coverage), which writes its
-    results at exit.
+    are flushed here (``atexit`` hooks, a plugin's among them, do not run). A multi-worker
+    process (``$TF_CONFIG`` set) exits normally, so that its collective runtime shuts down in
+    order with the other workers', and so does a process under a profiler or a tracer
+    (``python -m cProfile``, coverage), which writes its results at exit.
     """
     code = main()
     watched = sys.getprofile() is not None or sys.gettrace() is not None
