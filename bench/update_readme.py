@@ -155,8 +155,8 @@ def render_bench_sine() -> str:
             + ("no number of evaluations" if back is None else f"about {back:.0f} evaluations")
             + " here (a figure that moves between runs on a shared machine). By default "
             f"(`eval_jit_compile` unset) a CPU run compiles its meta-tests with XLA when it runs at "
-            f"least {ev['xla_from_evaluations']} of them (the `--eval-every 10` run: 51), not for "
-            "the lean run's one; on a GPU or TPU always.",
+            f"least {ev['xla_from_evaluations']} of them (so the `--eval-every 10` run does), not "
+            "for the lean run's one; on a GPU or TPU always.",
         ]
     return "\n".join(lines)
 
