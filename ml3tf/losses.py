@@ -391,7 +391,7 @@ def fit_to_baseline(
     ``s ∈ {0.1, 0.5, 1, 2}``; classification: ``M(p, onehot y) ≈ −log p_y`` on softmax
     probabilities of N(0, 3²) logits with random labels (half of them the arg-max class).
     ``steps`` full-batch Adam steps (lr 1e-2) on the mean relative squared error
-    ``mean (M − ℓ)² / (ℓ + ℓ̄/100)²``, which it returns. Deterministic in ``seed``.
+    ``mean (M − ℓ)² / (ℓ + ℓ̄)²`` (``fit_network``), which it returns. Deterministic in ``seed``.
 
     Example:
         >>> net = default_meta_loss("classification", 10, (50, 50))
@@ -415,8 +415,34 @@ def fit_to_baseline(
         target = (y_hat - y) ** 2
     else:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    feats = tf.constant(feats, network.compute_dtype)
-    target = tf.constant(target[:, None], network.compute_dtype)
+    return fit_network(network, feats, target, steps=steps)
+
+
+def fit_network(
+    network: keras.Model,
+    features: np.ndarray,
+    target: np.ndarray,
+    steps: int = 500,
+    anchor: np.ndarray | None = None,
+) -> float:
+    """Fit ``network``'s weights so that ``M(features) ≈ target`` (a loss network's warm start).
+
+    Minimises the mean relative squared error ``mean (D − ℓ)² / (ℓ + ℓ̄)²`` with
+    ``D = M(x) − M(anchor)`` (``anchor`` rows pair with ``features`` rows; ``None``: ``D = M(x)``)
+    by ``steps`` full-batch Adam steps (lr 1e-2) and returns it. The anchor lets a network
+    whose value at a perfect prediction is not zero (no biases and a softplus output: M(0) =
+    log 2) match a loss up to a constant, which its gradients do not see.
+
+    Example:
+        >>> net = MetaLossNetwork(2, (16,), "elu", use_bias=False)
+        >>> r = np.random.default_rng(0).normal(size=(512, 2)).astype("float32")
+        >>> fit_network(net, r, 0.5 * (r**2).sum(1), anchor=np.zeros_like(r)) < 0.1
+        True
+    """
+    dtype = network.compute_dtype
+    feats = tf.constant(features, dtype)
+    target = tf.constant(np.reshape(target, (-1, 1)), dtype)
+    base = None if anchor is None else tf.constant(anchor, dtype)
     was = network.trainable
     network.trainable = True  # a LearnedLoss freezes its network; fitting needs its gradient
     try:
@@ -427,10 +453,11 @@ def fit_to_baseline(
 
         @tf.function
         def fit(count):
-            error = tf.constant(0.0, network.compute_dtype)
+            error = tf.constant(0.0, dtype)
             for _ in tf.range(count):
                 with tf.GradientTape() as tape:
-                    error = tf.reduce_mean(weight * tf.square(network(feats) - target))
+                    value = network(feats) if base is None else network(feats) - network(base)
+                    error = tf.reduce_mean(weight * tf.square(value - target))
                 optimizer.apply(tape.gradient(error, variables), variables)
             return error
 
