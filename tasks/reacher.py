@@ -1,10 +1,23 @@
-"""Model-based ML3 on MuJoCo's reacher (paper §V-B "MBRL reacher"; authors' ``run_mbrl_reacher_exp.py``).
+"""Model-based ML3 on a 2-link reacher (paper §V-B "MBRL reacher"; authors' ``run_mbrl_reacher_exp.py``).
 
-The real environment is gymnasium's ``Reacher-v5`` (MuJoCo), stepped through TF-Agents
-(``ml3tf.tasks.rl_env``: ``GymnasiumEnvironment`` + ``KerasPolicy`` + ``collect_episodes``).
-The authors used a PyBullet reacher; this is the same 2-link planar arm family.
+The real environment is stepped through TF-Agents (``ml3tf.tasks.rl_env``:
+``GymnasiumEnvironment`` + ``KerasPolicy`` + ``collect_episodes``). ``robot`` picks it:
 
-**Joint state from the observation.** Reacher-v5's observation is
+* ``"authors"`` (default): the authors' own robot, ``ml3tf.tasks.reacher_robot_env.AuthorsReacherEnv``
+  (MuJoCo; torques in [−1, 1] N m plus bias-force compensation, dt = 0.01 s); the observation is
+  the joint state q itself. Its dynamics model is the authors' (``VelocityEnsembleDynamics``):
+  K = 3 probabilistic members (tanh 100, 30) predict Δθ̇ from [q, a] / (1, 1, 8, 8, 1, 1), each
+  fitted by Gaussian NLL on all but one of K random chunks of the data (``fit_velocity_ensemble``:
+  Adam 1e-3, batch 64, 500 epochs, a fresh Adam per fit), and a rollout integrates
+
+      θ̇_{t+1} = clip(θ̇_t + Δθ̇̂, ±4),   θ_{t+1} = clip(θ_t + dt (θ̇_t + Δθ̇̂), ±3);
+
+  as the authors, the model is fitted after each babbling rollout (on all rollouts so far) and
+  refitted on θ₁'s real rollout at step 0 and every ``refit_every`` (300) meta-steps with all
+  ``dynamics_epochs``; meta-test takes 2 SGD steps.
+* ``"reacher_v5"``: gymnasium's ``Reacher-v5`` (below), with a ``JointDynamicsModel`` of Δq.
+
+**Joint state from the observation** (Reacher-v5). Its observation is
 ``[cos θ₁, cos θ₂, sin θ₁, sin θ₂, target_x, target_y, θ̇₁, θ̇₂, Δx, Δy]``; the joint state is
 
     q = [atan2(obs[2], obs[0]), atan2(obs[3], obs[1]), obs[6], obs[7]]      (``joint_state``)
@@ -24,8 +37,8 @@ set to the goal and the arm to a fixed start state (``qpos[:2]``, ``qvel[:2]``, 
 via ``MujocoEnv.set_state``; the returned observation is recomputed. Every real rollout is
 then deterministic given the policy.
 
-**Learned dynamics.** ``ml3tf.models.dynamics.JointDynamicsModel`` predicts Δq from (q, a); it is
-fitted (``fit_dynamics``, Adam on the normalised Δq) on ``babbling_rollouts`` real rollouts
+**Learned dynamics** (Reacher-v5). ``ml3tf.models.dynamics.JointDynamicsModel`` predicts Δq
+from (q, a); it is fitted (``fit_dynamics``, Adam on the normalised Δq) on ``babbling_rollouts`` real rollouts
 of uniform random actions, and refitted every ``refit_every`` meta-steps on all data so far
 plus one real rollout per training goal of the adapted policy θ₁ (as the authors do every
 300 meta-steps). The refit runs between compiled calls of ``MetaTrainer.run_steps``, through
