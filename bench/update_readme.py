@@ -30,6 +30,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``model-free``: docs/results/point_mass/results.json, written by ``python bench/model_free.py``;
 * ``reacher``: docs/results/reacher/results.json, written by
   ``python bench/reacher.py --robot reacher_v5 --meta-steps 600 --meta-lr 0.001 --eval-steps 5``;
+* ``reacher-robot``: docs/results/reacher_robot/results.json, written by ``python bench/reacher.py``
+  (the authors' robot and protocol);
 * ``reacher-goal-relative-linear``: docs/results/reacher_goal_relative_linear/results.json, written by
   the same command with ``--loss-features goal_relative --meta-loss-output linear --out-dir …``;
 * ``mountain-car``: docs/results/mountain_car/results.json (and mountain_car_1000/), written by
@@ -548,6 +550,9 @@ def render(text: str) -> tuple[str, list[str]]:
     variant = "docs/results/reacher_goal_relative_linear/results.json"
     if _exists(variant):
         put("reacher-goal-relative-linear", render_reacher(variant))
+    robot = "docs/results/reacher_robot/results.json"
+    if _exists(robot):
+        put("reacher-robot", render_reacher(robot))
     if _exists("bench", "results", "own_data.json"):
         put("own-data", render_own_data())
     return text, done
