@@ -78,8 +78,12 @@ setup(
     python_requires=">=3.10",
     packages=["ml3tf", "ml3tf.models", "ml3tf.tasks"],
     package_dir={"ml3tf": "ml3tf", "ml3tf.models": "models", "ml3tf.tasks": "tasks"},
-    # The pretrained zoo (LearnedLoss.pretrained): meta-loss files and their manifest.
-    package_data={"ml3tf.models": ["pretrained/*.keras", "pretrained/manifest.json"]},
+    # The pretrained zoo (LearnedLoss.pretrained): meta-loss files and their manifest,
+    # and the MJCF of the authors' reacher robot (ml3tf.tasks.reacher_robot_env).
+    package_data={
+        "ml3tf.models": ["pretrained/*.keras", "pretrained/manifest.json"],
+        "ml3tf.tasks": ["assets/*.xml"],
+    },
     include_package_data=False,
     install_requires=CORE,
     extras_require={

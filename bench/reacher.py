@@ -1,7 +1,14 @@
-"""Model-based ML3 on MuJoCo's reacher (paper §V-B): learned loss vs the task cost, 5 seeds.
+"""Model-based ML3 on the reacher (paper §V-B): learned loss vs the task cost, 5 seeds.
 
-    python bench/reacher.py                      # 5 seeds, 600 meta-steps at meta_lr 1e-3 (~8 min, 2 cores)
-    python bench/reacher.py --meta-steps 100     # a quick look
+    python bench/reacher.py                      # the authors' robot and protocol: 3000 meta-steps at 1e-2
+    python bench/reacher.py --meta-steps 300 --seeds 0   # a quick look
+    python bench/reacher.py --robot reacher_v5   # gymnasium's Reacher-v5: 600 meta-steps at 1e-3 (~8 min)
+
+``--robot authors`` (the default) runs the authors' own 2-link robot
+(``ml3tf.tasks.reacher_robot_env``) with the task's defaults for it — their dynamics ensemble,
+refits every 300 meta-steps from step 0, 2 SGD steps at meta-test — and writes
+docs/results/reacher_robot/; ``--robot reacher_v5`` is the earlier set-up (refits every 200, the
+task's 10 meta-test steps) and writes docs/results/reacher/.
 
 For each seed ``ml3tf.train`` meta-trains a loss on the authors' training goal (the policy is
 trained through a learned dynamics model, refitted on real rollouts every ``refit_every``
@@ -32,7 +39,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-DEFAULT_OUT = os.path.join(REPO, "docs", "results", "reacher")
+#: Per robot: the bench's meta-steps, meta-learning rate, refit period and output folder.
+ROBOT_DEFAULTS = {
+    "authors": {"meta_steps": 3000, "meta_lr": 1e-2, "refit_every": 300, "out": "reacher_robot"},
+    "reacher_v5": {"meta_steps": 600, "meta_lr": 1e-3, "refit_every": 200, "out": "reacher"},
+}
+ROBOT_TITLES = {"authors": "the authors' 2-link robot, MuJoCo", "reacher_v5": "MuJoCo Reacher-v5"}
+
+
+def _robot(results: dict) -> str:
+    """The robot of a results file (files written before the option: Reacher-v5)."""
+    return results.get("task_options", {}).get("robot", "reacher_v5")
+
 
 LABELS = {
     "learned": "ML3 learned loss, φ selected on meta-train (SGD, inner_lr)",
@@ -62,7 +80,10 @@ def run(
     from ml3tf import tasks
     from ml3tf.results import write_results
 
-    task_options = {"refit_every": 200, **(task_options or {})}
+    task_options = dict(task_options or {})
+    robot = task_options.setdefault("robot", "reacher_v5")
+    defaults = ROBOT_DEFAULTS[robot]
+    task_options.setdefault("refit_every", defaults["refit_every"])
     task = tasks.get("reacher", **task_options)
     cfg = task.default_config().replace(meta_steps=meta_steps, meta_lr=meta_lr)
     if inner_lr is not None:
@@ -112,21 +133,26 @@ def run(
         "note": "model-predicted task loss of θ₁ per meta-step (the dynamics model is refitted on the way)",
     }
     results["meta_steps_note"] = (
-        f"{meta_steps} meta-steps per seed at meta_lr {meta_lr} (the authors: 3000 at 1e-2), "
-        "to fit ~8 min on 2 cores"
+        f"{meta_steps} meta-steps per seed at meta_lr {meta_lr} (the authors: 3000 at 1e-2)"
+        + ("" if (meta_steps, meta_lr) == (3000, 1e-2) else ", to fit the time budget")
     )
     results["meta_train_seconds"] = train_seconds
     results["eval_seconds"] = eval_seconds
     results["wall_seconds"] = time.perf_counter() - start
+    default_out = os.path.join(REPO, "docs", "results", defaults["out"])
     results["command"] = (
-        f"python bench/reacher.py --meta-steps {meta_steps} --meta-lr {meta_lr}"
+        "python bench/reacher.py"
+        + (f" --robot {robot}" if robot != "authors" else "")
+        + f" --meta-steps {meta_steps} --meta-lr {meta_lr}"
         + (f" --eval-steps {eval_steps}" if eval_steps is not None else "")
         + (f" --inner-lr {inner_lr}" if inner_lr is not None else "")
         + "".join(
-            f" --{k.replace('_', '-')} {v}" for k, v in task_options.items() if k != "refit_every" or v != 200
+            f" --{k.replace('_', '-')} {v}"
+            for k, v in task_options.items()
+            if k != "robot" and (k != "refit_every" or v != defaults["refit_every"])
         )
         + (f" --seeds {' '.join(map(str, seeds))}" if list(seeds) != [0, 1, 2, 3, 4] else "")
-        + (f" --out-dir {os.path.relpath(out_dir, REPO)}" if os.path.abspath(out_dir) != DEFAULT_OUT else "")
+        + (f" --out-dir {os.path.relpath(out_dir, REPO)}" if os.path.abspath(out_dir) != default_out else "")
     )
     results["machine"] = machine()
     os.makedirs(out_dir, exist_ok=True)
@@ -161,7 +187,7 @@ def plot(results: dict, out_dir: str) -> None:
             k = np.arange(len(mean))
             ax.plot(k, mean, color=color, label=LABELS[method])
             ax.fill_between(k, mean - std, mean + std, color=color, alpha=0.2)
-        ax.set_title(f"{split} goals (real MuJoCo Reacher-v5)")
+        ax.set_title(f"{split} goals (real {ROBOT_TITLES[_robot(results)]})")
         ax.set_xlabel("meta-test SGD step (policy trained through the learned model)")
         ax.set_ylabel("final fingertip distance to the goal (m)")
         ax.legend(fontsize=8)
@@ -179,7 +205,8 @@ def plot(results: dict, out_dir: str) -> None:
 def table(results: dict) -> str:
     steps = results["steps"]
     lines = [
-        f"MBRL reacher (MuJoCo Reacher-v5), final fingertip distance to the goal in m (lower is better), "
+        f"MBRL reacher ({ROBOT_TITLES[_robot(results)]}), final fingertip distance to the goal in m "
+        "(lower is better), "
         f"mean ± std over seeds {results['seeds']}; {results['meta_steps_note']}",
         "",
         f"| policy trained on | train goal, step 0 | after 1 step | after {steps} | "
@@ -210,35 +237,53 @@ def table(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--meta-steps", type=int, default=600)
-    ap.add_argument("--meta-lr", type=float, default=1e-3, help="the authors': 1e-2 (collapsed sooner here)")
-    ap.add_argument("--eval-steps", type=int, default=None, help="default: the task's (10)")
+    ap.add_argument("--robot", choices=tuple(ROBOT_DEFAULTS), default="authors", help="the real environment")
+    ap.add_argument("--meta-steps", type=int, default=None, help="default: authors 3000, reacher_v5 600")
+    ap.add_argument(
+        "--meta-lr",
+        type=float,
+        default=None,
+        help="default: authors 1e-2, reacher_v5 1e-3 (1e-2 collapsed there)",
+    )
+    ap.add_argument(
+        "--eval-steps", type=int, default=None, help="default: the task's (authors 2, reacher_v5 10)"
+    )
     ap.add_argument("--inner-lr", type=float, default=None, help="default: the task's (the authors' 1e-4)")
-    ap.add_argument("--refit-every", type=int, default=200, help="dynamics refit period (0: never)")
+    ap.add_argument(
+        "--refit-every",
+        type=int,
+        default=None,
+        help="dynamics refit period (0: never; authors 300, reacher_v5 200)",
+    )
     ap.add_argument("--loss-features", default="absolute", help="absolute (the authors') or goal_relative")
     ap.add_argument("--meta-loss-output", default="softplus", help="softplus (the authors') or linear")
-    ap.add_argument("--out-dir", default=DEFAULT_OUT)
+    ap.add_argument(
+        "--out-dir", default=None, help="default: docs/results/reacher_robot (authors), …/reacher"
+    )
     ap.add_argument(
         "--run-dir", default=None, help="keep the run folders here (resumable); default: a temporary folder"
     )
     args = ap.parse_args()
-    options = {"refit_every": args.refit_every}
+    defaults = ROBOT_DEFAULTS[args.robot]
+    out_dir = args.out_dir or os.path.join(REPO, "docs", "results", defaults["out"])
+    refit = defaults["refit_every"] if args.refit_every is None else args.refit_every
+    options = {"robot": args.robot, "refit_every": refit}
     if args.loss_features != "absolute":
         options["loss_features"] = args.loss_features
     if args.meta_loss_output != "softplus":
         options["meta_loss_output"] = args.meta_loss_output
     results = run(
         args.seeds,
-        args.meta_steps,
-        args.meta_lr,
+        defaults["meta_steps"] if args.meta_steps is None else args.meta_steps,
+        defaults["meta_lr"] if args.meta_lr is None else args.meta_lr,
         args.eval_steps,
-        args.out_dir,
+        out_dir,
         args.inner_lr,
         options,
         args.run_dir,
     )
     print(table(results))
-    print(f"wrote {args.out_dir}/results.json and results.png ({results['wall_seconds']:.0f} s)")
+    print(f"wrote {out_dir}/results.json and results.png ({results['wall_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

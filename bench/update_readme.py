@@ -29,7 +29,9 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
 * ``transfer``: bench/results/transfer.json, written by ``python bench/transfer.py``;
 * ``model-free``: docs/results/point_mass/results.json, written by ``python bench/model_free.py``;
 * ``reacher``: docs/results/reacher/results.json, written by
-  ``python bench/reacher.py --meta-steps 600 --meta-lr 0.001 --eval-steps 5``;
+  ``python bench/reacher.py --robot reacher_v5 --meta-steps 600 --meta-lr 0.001 --eval-steps 5``;
+* ``reacher-robot``: docs/results/reacher_robot/results.json, written by ``python bench/reacher.py``
+  (the authors' robot and protocol);
 * ``reacher-goal-relative-linear``: docs/results/reacher_goal_relative_linear/results.json, written by
   the same command with ``--loss-features goal_relative --meta-loss-output linear --out-dir …``;
 * ``mountain-car``: docs/results/mountain_car/results.json (and mountain_car_1000/), written by
@@ -457,7 +459,12 @@ def render_transfer() -> str:
 
 def render_reacher(path: str = "docs/results/reacher/results.json") -> str:
     """The table of ``bench/reacher.py`` (importing it imports neither TF-Agents nor TensorFlow)."""
-    return _bench_table("reacher", path)
+    with open(os.path.join(REPO, path)) as f:
+        res = json.load(f)
+    command = res["command"]
+    if "robot" not in res.get("task_options", {}):  # written before bench/reacher.py had --robot
+        command = command.replace("python bench/reacher.py", "python bench/reacher.py --robot reacher_v5", 1)
+    return _bench_table("reacher", path, command)
 
 
 def render_own_data() -> str:
@@ -543,6 +550,9 @@ def render(text: str) -> tuple[str, list[str]]:
     variant = "docs/results/reacher_goal_relative_linear/results.json"
     if _exists(variant):
         put("reacher-goal-relative-linear", render_reacher(variant))
+    robot = "docs/results/reacher_robot/results.json"
+    if _exists(robot):
+        put("reacher-robot", render_reacher(robot))
     if _exists("bench", "results", "own_data.json"):
         put("own-data", render_own_data())
     return text, done

@@ -68,7 +68,8 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "reacher": (
         "ml3tf.tasks.reacher",
         "ReacherTask",
-        "model-based RL on MuJoCo Reacher-v5 (paper MBRL reacher): policy through a learned dynamics model",
+        "model-based RL on the authors' 2-link robot or Reacher-v5 (paper MBRL reacher): policy through "
+        "a learned dynamics model",
     ),
     "inverse_dynamics": (
         "ml3tf.tasks.inverse_dynamics",

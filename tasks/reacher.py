@@ -1,10 +1,23 @@
-"""Model-based ML3 on MuJoCo's reacher (paper §V-B "MBRL reacher"; authors' ``run_mbrl_reacher_exp.py``).
+"""Model-based ML3 on a 2-link reacher (paper §V-B "MBRL reacher"; authors' ``run_mbrl_reacher_exp.py``).
 
-The real environment is gymnasium's ``Reacher-v5`` (MuJoCo), stepped through TF-Agents
-(``ml3tf.tasks.rl_env``: ``GymnasiumEnvironment`` + ``KerasPolicy`` + ``collect_episodes``).
-The authors used a PyBullet reacher; this is the same 2-link planar arm family.
+The real environment is stepped through TF-Agents (``ml3tf.tasks.rl_env``:
+``GymnasiumEnvironment`` + ``KerasPolicy`` + ``collect_episodes``). ``robot`` picks it:
 
-**Joint state from the observation.** Reacher-v5's observation is
+* ``"authors"`` (default): the authors' own robot, ``ml3tf.tasks.reacher_robot_env.AuthorsReacherEnv``
+  (MuJoCo; torques in [−1, 1] N m plus bias-force compensation, dt = 0.01 s); the observation is
+  the joint state q itself. Its dynamics model is the authors' (``VelocityEnsembleDynamics``):
+  K = 3 probabilistic members (tanh 100, 30) predict Δθ̇ from [q, a] / (1, 1, 8, 8, 1, 1), each
+  fitted by Gaussian NLL on all but one of K random chunks of the data (``fit_velocity_ensemble``:
+  Adam 1e-3, batch 64, 500 epochs, a fresh Adam per fit), and a rollout integrates
+
+      θ̇_{t+1} = clip(θ̇_t + Δθ̇̂, ±4),   θ_{t+1} = clip(θ_t + dt (θ̇_t + Δθ̇̂), ±3);
+
+  as the authors, the model is fitted after each babbling rollout (on all rollouts so far) and
+  refitted on θ₁'s real rollout at step 0 and every ``refit_every`` (300) meta-steps with all
+  ``dynamics_epochs``; meta-test takes 2 SGD steps.
+* ``"reacher_v5"``: gymnasium's ``Reacher-v5`` (below), with a ``JointDynamicsModel`` of Δq.
+
+**Joint state from the observation** (Reacher-v5). Its observation is
 ``[cos θ₁, cos θ₂, sin θ₁, sin θ₂, target_x, target_y, θ̇₁, θ̇₂, Δx, Δy]``; the joint state is
 
     q = [atan2(obs[2], obs[0]), atan2(obs[3], obs[1]), obs[6], obs[7]]      (``joint_state``)
@@ -24,8 +37,8 @@ set to the goal and the arm to a fixed start state (``qpos[:2]``, ``qvel[:2]``, 
 via ``MujocoEnv.set_state``; the returned observation is recomputed. Every real rollout is
 then deterministic given the policy.
 
-**Learned dynamics.** ``ml3tf.models.dynamics.JointDynamicsModel`` predicts Δq from (q, a); it is
-fitted (``fit_dynamics``, Adam on the normalised Δq) on ``babbling_rollouts`` real rollouts
+**Learned dynamics** (Reacher-v5). ``ml3tf.models.dynamics.JointDynamicsModel`` predicts Δq
+from (q, a); it is fitted (``fit_dynamics``, Adam on the normalised Δq) on ``babbling_rollouts`` real rollouts
 of uniform random actions, and refitted every ``refit_every`` meta-steps on all data so far
 plus one real rollout per training goal of the adapted policy θ₁ (as the authors do every
 300 meta-steps). The refit runs between compiled calls of ``MetaTrainer.run_steps``, through
@@ -85,11 +98,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import ml3tf.tasks.reacher_robot_env as robot_env
 from ml3tf.config import MetaTrainConfig
 from ml3tf.engine import architecture_key, engine_for, per_seed, phi_of, stateless_loss
 from ml3tf.functional import FunctionalModel
 from ml3tf.meta_loss import MetaLossNetwork
-from ml3tf.models.dynamics import JointDynamicsModel
+from ml3tf.models.dynamics import JointDynamicsModel, VelocityEnsembleDynamics
 from ml3tf.models.mlp import make_mlp
 from ml3tf.results import summarize_task
 from ml3tf.seeds import META_TEST_OFFSET, meta_test_seeds, meta_train_seeds
@@ -98,6 +112,8 @@ from ml3tf.task import Task, TaskBatch
 log = logging.getLogger("ml3tf")
 
 ENV_ID = "Reacher-v5"
+#: The real environments of the task (``ReacherOptions.robot``).
+ROBOTS = ("authors", "reacher_v5")
 #: The authors' normalisation of the policy input [q, q*] (velocities / 8).
 POLICY_INPUT_SCALE = (1.0, 1.0, 8.0, 8.0, 1.0, 1.0, 1.0, 1.0)
 #: The authors' training goal and test goal (fingertip x, y in m).
@@ -243,12 +259,15 @@ def make_reacher_environment(goal: Any, start: Any = (0.0,) * 4, horizon: int = 
     return rl_env.GymnasiumEnvironment(FixedGoalReacher.make(goal, start, horizon), seed=seed)
 
 
-def transitions(episodes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def transitions(episodes: dict, state_fn: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(q_t, a_t, q_{t+1})`` from ``collect_episodes`` output (consecutive in-episode steps).
 
-    θ differences are wrapped to (−π, π] (an angle may cross ±π between two observations).
+    ``state_fn`` maps observations to joint states (default ``joint_state``: Reacher-v5's; the
+    authors' robot observes the joint state itself). θ differences are wrapped to (−π, π] (an
+    angle may cross ±π between two observations).
     """
-    q = joint_state(episodes["observation"])  # (E, T, 4)
+    state_fn = joint_state if state_fn is None else state_fn
+    q = state_fn(episodes["observation"])  # (E, T, 4)
     a = np.asarray(episodes["action"], dtype=np.float64)
     mask = np.asarray(episodes["mask"], dtype=bool)
     ok = mask[:, :-1] & mask[:, 1:]
@@ -346,6 +365,99 @@ def _dynamics_fit(model: JointDynamicsModel, learning_rate: float = 1e-3):
     return fit
 
 
+def fit_velocity_ensemble(
+    model: VelocityEnsembleDynamics,
+    q: np.ndarray,
+    a: np.ndarray,
+    q_next: np.ndarray,
+    epochs: int = 500,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> float:
+    """Fit the authors' ensemble to transitions: member k on all but the k-th of K random chunks.
+
+    The transitions are permuted once and cut into K chunks of ⌈N/K⌉; member k trains on the other
+    chunks (in that order; K = 1: all, unpermuted) for ``epochs`` passes of mini-batches of
+    ``batch_size`` (the last one smaller), each step Adam on the member's Gaussian NLL of
+    Δθ̇ = θ̇_{t+1} − θ̇_t. Every fit starts a fresh Adam and continues from the current weights (a
+    refit, as the authors' ensemble is trained again on all data so far). Returns the mean over
+    members of the last mini-batch's NLL.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    q, a, q_next = (np.asarray(v, np.float64) for v in (q, a, q_next))
+    n = len(q)
+    if not n:
+        raise ValueError("fit_velocity_ensemble needs at least one transition")
+    j = model.n_joints
+    x = tf.constant(np.concatenate([q, a], -1), tf.float32)
+    y = tf.constant(q_next[:, j:] - q[:, j:], tf.float32)
+    k_all = model.ensemble_size
+    rng = np.random.default_rng(seed)
+    if k_all == 1:
+        subsets = [np.arange(n)]
+    else:
+        perm, chunk = rng.permutation(n), math.ceil(n / k_all)
+        subsets = [np.delete(perm, range(k * chunk, min((k + 1) * chunk, n))) for k in range(k_all)]
+    losses = []
+    for k, idx in enumerate(subsets):
+        if not len(idx):  # fewer transitions than members: this member has nothing to learn from
+            continue
+        per_epoch = math.ceil(len(idx) / batch_size)
+        padded = np.zeros(per_epoch * batch_size, np.int64)
+        padded[: len(idx)] = idx
+        weight = np.zeros(per_epoch * batch_size, np.float32)
+        weight[: len(idx)] = 1.0
+        order = np.tile(padded.reshape(per_epoch, batch_size), (epochs, 1))
+        mask = np.tile(weight.reshape(per_epoch, batch_size), (epochs, 1))
+        opt, run = _ensemble_fit(model, k, learning_rate)
+        for v in opt.variables:  # a fresh Adam per fit
+            if not v.path.endswith("learning_rate"):
+                v.assign(tf.zeros_like(v))
+        losses.append(float(run(x, y, tf.constant(order, tf.int32), tf.constant(mask))))
+    return float(np.mean(losses))
+
+
+def _ensemble_fit(model: VelocityEnsembleDynamics, k: int, learning_rate: float = 1e-3):
+    """``(Adam, compiled fit)`` of member ``k`` of ``model``, made on the first call."""
+    fits = model.__dict__.setdefault("_ml3tf_member_fits", {})
+    if k in fits:
+        return fits[k]
+    layers, mean, var = model.members[k]
+    variables = [v for layer in (*layers, mean, var) for v in layer.trainable_variables]
+    opt = keras.optimizers.Adam(learning_rate)
+    opt.build(variables)
+    dim = 3 * model.n_joints
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, dim], tf.float32),
+            tf.TensorSpec([None, model.n_joints], tf.float32),
+            tf.TensorSpec([None, None], tf.int32),
+            tf.TensorSpec([None, None], tf.float32),
+        ]
+    )
+    def run(x, y, order, mask):
+        def body(i, last):
+            xb, yb, wb = tf.gather(x, order[i]), tf.gather(y, order[i]), mask[i]
+            with tf.GradientTape() as tape:
+                mu, v = model.member(k, xb)
+                nll = tf.reduce_mean(0.5 * tf.math.log(v) + 0.5 * tf.square(mu - yb) / v, -1)
+                loss = tf.reduce_sum(wb * nll) / tf.reduce_sum(wb)
+            grads = tape.gradient(loss, variables)
+            opt.apply_gradients(zip(grads, variables, strict=True))
+            return i + 1, loss
+
+        _, last = tf.while_loop(lambda i, _: i < tf.shape(order)[0], body, (0, tf.constant(0.0)))
+        return last
+
+    fits[k] = (opt, run)
+    return fits[k]
+
+
 class _PythonSide(tf.train.experimental.PythonState):
     """The reacher's Python-side state in a checkpoint, serialised when it is saved: the
     transitions so far (float64, as collected), the seed the dynamics model was fitted for,
@@ -385,14 +497,30 @@ class ReacherOptions:
     """Start joint state (θ₁, θ₂, θ̇₁, θ̇₂) of every rollout."""
     elbow: int = 1
     """Inverse-kinematics solution: sign of θ₂*."""
+    robot: str = "authors"
+    """The real environment: ``authors`` (the authors' own 2-link robot, ``reacher_robot_env``, with
+    their dynamics ensemble) or ``reacher_v5`` (gymnasium's Reacher-v5 with a Δq model)."""
+    dt: float = 0.01
+    """Time step (s) of the ``authors`` robot (the authors' MJCF loader: 0.01)."""
     babbling_rollouts: int = 3
     """Random-action rollouts the dynamics model is first fitted on."""
     refit_every: int = 300
     """Refit the dynamics model every N meta-steps on the adapted policy's real rollouts (0: never)."""
-    dynamics_hidden: tuple[int, ...] = (128, 128)
-    """Hidden widths of the dynamics model."""
-    dynamics_epochs: int = 150
-    """Epochs of the first fit (refits: a third of it)."""
+    refit_at_start: bool | None = None
+    """Also refit at step 0 on θ₁'s real rollout (None: the robot's default; ``authors``: yes)."""
+    dynamics_hidden: tuple[int, ...] = ()
+    """Hidden widths of the dynamics model (empty: the robot's default; ``authors``: 100, 30 per
+    ensemble member; ``reacher_v5``: 128, 128)."""
+    dynamics_epochs: int = 0
+    """Epochs of a fit (0: the robot's default; ``authors``: 500; ``reacher_v5``: 150)."""
+    refit_epochs: int = 0
+    """Epochs of a refit (0: the robot's default; ``authors``: all of ``dynamics_epochs``;
+    ``reacher_v5``: a third of it)."""
+    dynamics_batch_size: int = 0
+    """Mini-batch of the dynamics fits (0: the robot's default, 64 for both; the authors' config says
+    128, but their data loader uses 64)."""
+    ensemble_size: int = 0
+    """Members of the ``authors`` dynamics ensemble (0: the authors' 3; ``reacher_v5``: 1)."""
     policy_hidden: tuple[int, ...] = (64, 64)
     """Hidden widths of the tanh policy (the authors': 64, 64)."""
     meta_loss_hidden: tuple[int, ...] = (400, 400)
@@ -408,6 +536,32 @@ class ReacherOptions:
     """Output activation of the loss network (the authors': ``softplus``; or ``linear``)."""
 
     def __post_init__(self) -> None:
+        if self.robot not in ROBOTS:
+            raise ValueError(f"robot must be one of {ROBOTS}, got {self.robot!r}")
+        authors = self.robot == "authors"
+        if isinstance(self.dt, bool) or not isinstance(self.dt, (int, float)) or not 0 < self.dt <= 0.05:
+            raise ValueError(f"dt must be a number in (0, 0.05] s, got {self.dt!r}")
+        for name in ("dynamics_epochs", "refit_epochs", "dynamics_batch_size", "ensemble_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: the robot's default), got {v!r}")
+        if not authors and self.ensemble_size > 1:
+            raise ValueError(f"ensemble_size > 1 needs robot='authors', got {self.ensemble_size!r}")
+        if not (self.refit_at_start is None or isinstance(self.refit_at_start, bool)):
+            raise ValueError(f"refit_at_start must be True, False or None, got {self.refit_at_start!r}")
+        resolved = {
+            "dynamics_hidden": tuple(int(h) for h in self.dynamics_hidden)
+            or ((100, 30) if authors else (128, 128)),
+            "dynamics_epochs": self.dynamics_epochs or (500 if authors else 150),
+            "dynamics_batch_size": self.dynamics_batch_size or 64,
+            "ensemble_size": self.ensemble_size or (3 if authors else 1),
+            "refit_at_start": authors if self.refit_at_start is None else self.refit_at_start,
+        }
+        resolved["refit_epochs"] = self.refit_epochs or (
+            resolved["dynamics_epochs"] if authors else max(1, resolved["dynamics_epochs"] // 3)
+        )
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
         for name in ("horizon", "babbling_rollouts", "dynamics_epochs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -469,15 +623,18 @@ class ReacherTask(Task):
     def __init__(self, **options: Any) -> None:
         self.options = ReacherOptions(**options)
         o = self.options
-        env = FixedGoalReacher.make(o.train_goals[0], o.start, o.horizon)
-        self.geometry = ArmGeometry.from_mujoco(env)
-        env.close()
+        if o.robot == "authors":
+            self.geometry = ArmGeometry(*robot_env.LINK_LENGTHS)
+        else:
+            env = FixedGoalReacher.make(o.train_goals[0], o.start, o.horizon)
+            self.geometry = ArmGeometry.from_mujoco(env)
+            env.close()
         self.train_targets = np.stack([goal_joint_state(g, self.geometry, o.elbow) for g in o.train_goals])
         self.test_targets = np.stack([goal_joint_state(g, self.geometry, o.elbow) for g in o.test_goals])
-        self.dynamics = JointDynamicsModel(o.dynamics_hidden)
+        self.dynamics = self.make_dynamics()
         #: Meta-test's own dynamics model (fitted on fresh babbling per seed by ``evaluate``): an
         #: evaluation during meta-training (``eval_every``) leaves ``dynamics``, its data and counters.
-        self.meta_test_dynamics = JointDynamicsModel(o.dynamics_hidden)
+        self.meta_test_dynamics = self.make_dynamics()
         #: One record per meta-test fit: ``{"seed", "transitions", "loss"}``.
         self.meta_test_dynamics_log: list[dict] = []
         self._dataset: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -489,6 +646,41 @@ class ReacherTask(Task):
         self._state_missing = False  # resumed from a checkpoint without the state below
         self.input_scale = tf.constant(POLICY_INPUT_SCALE, tf.float32)
 
+    def make_dynamics(self) -> JointDynamicsModel | VelocityEnsembleDynamics:
+        """A fresh dynamics model of the robot: the authors' ensemble predicting Δθ̇
+        (``VelocityEnsembleDynamics``, K × hidden, dt) or a ``JointDynamicsModel`` of Δq (Reacher-v5)."""
+        o = self.options
+        if o.robot == "authors":
+            return VelocityEnsembleDynamics(o.dynamics_hidden, ensemble_size=o.ensemble_size, dt=o.dt)
+        return JointDynamicsModel(o.dynamics_hidden)
+
+    def make_environment(self, goal: Any, seed: int = 0) -> Any:
+        """A TF-Agents environment of the robot with the fingertip goal ``goal`` (start, horizon: the
+        options')."""
+        o = self.options
+        if o.robot == "authors":
+            return robot_env.make_environment(goal, o.start, o.horizon, seed=seed, dt=o.dt)
+        return make_reacher_environment(goal, o.start, o.horizon, seed=seed)
+
+    def state_of(self, observation: Any) -> np.ndarray:
+        """Joint states q of the robot's observations (NumPy)."""
+        if self.options.robot == "authors":
+            return np.asarray(observation, np.float64)[..., :4]
+        return joint_state(observation)
+
+    def _state_of_tf(self, observation: tf.Tensor) -> tf.Tensor:
+        if self.options.robot == "authors":
+            return tf.cast(observation, tf.float32)[..., :4]
+        return joint_state_tf(tf.cast(observation, tf.float32))
+
+    def _fit(self, model: Any, q: Any, a: Any, q1: Any, epochs: int, seed: int, fresh: bool) -> float:
+        o = self.options
+        if isinstance(model, VelocityEnsembleDynamics):
+            return fit_velocity_ensemble(model, q, a, q1, epochs, o.dynamics_batch_size, seed=seed)
+        return fit_dynamics(
+            model, q, a, q1, epochs=epochs, batch_size=o.dynamics_batch_size, seed=seed, fresh_optimizer=fresh
+        )
+
     def default_config(self) -> MetaTrainConfig:
         return MetaTrainConfig(
             inner_steps=1,
@@ -498,9 +690,10 @@ class ReacherTask(Task):
             meta_batch_size=1,
             steps_per_call=50,
             checkpoint_every=100,
-            eval_steps=10,
             eval_jit_compile=False,
             learner_init="fixed",
+            # the authors test their loss with 2 SGD steps on the test goal
+            eval_steps=2 if self.options.robot == "authors" else 10,
         )
 
     def make_learner(self) -> keras.Model:
@@ -615,21 +808,34 @@ class ReacherTask(Task):
         o = self.options
         target = self.dynamics if model is None else model
         keras.utils.set_random_seed(seed)
-        fresh = JointDynamicsModel(o.dynamics_hidden)
+        fresh = self.make_dynamics()
         for v, w in zip(target.weights, fresh.weights, strict=True):
             v.assign(w)
-        env = make_reacher_environment(o.train_goals[0], o.start, o.horizon, seed=seed)
-        data = transitions(babble(env, o.babbling_rollouts, seed=_BABBLE_STREAM * 1000 + seed))
+        env = self.make_environment(o.train_goals[0], seed=seed)
+        episodes = babble(env, o.babbling_rollouts, seed=_BABBLE_STREAM * 1000 + seed)
+        if o.robot == "authors":
+            # the authors fit after each babbling rollout, on all rollouts so far
+            parts = [
+                transitions({k: v[i : i + 1] for k, v in episodes.items()}, self.state_of)
+                for i in range(o.babbling_rollouts)
+            ]
+        else:
+            parts = [transitions(episodes, self.state_of)]
         if model is None:
-            self._dataset = [data]
-            return self._refit(o.dynamics_epochs, seed, fresh=True)
-        loss = fit_dynamics(model, *data, epochs=o.dynamics_epochs, seed=seed, fresh_optimizer=True)
+            self._dataset = []
+            for part in parts:
+                self._dataset.append(part)
+                loss = self._refit(o.dynamics_epochs, seed, fresh=True)
+            return loss
+        for i in range(len(parts)):
+            data = [np.concatenate(p) for p in zip(*parts[: i + 1], strict=True)]
+            loss = self._fit(model, *data, o.dynamics_epochs, seed, fresh=True)
         self.meta_test_dynamics_log.append({"seed": seed, "transitions": len(data[0]), "loss": loss})
         return loss
 
     def _refit(self, epochs: int, seed: int, fresh: bool = False, step: int = 0) -> float:
         q, a, q1 = (np.concatenate(parts) for parts in zip(*self._dataset, strict=True))
-        loss = fit_dynamics(self.dynamics, q, a, q1, epochs=epochs, seed=seed, fresh_optimizer=fresh)
+        loss = self._fit(self.dynamics, q, a, q1, epochs, seed, fresh)
         self.dynamics_log.append({"step": step, "transitions": len(q), "loss": loss, "fresh": fresh})
         log.info("reacher: dynamics model fitted on %d transitions (loss %.4g)", len(q), loss)
         return loss
@@ -643,11 +849,10 @@ class ReacherTask(Task):
         The weights go in as a list: TensorFlow's checkpoint does not see into the Keras 3
         model's list of hidden layers (only ``output_layer`` and σ would be saved by name).
         """
-        return {
-            "dynamics_weights": list(self.dynamics.weights),
-            "dynamics_optimizer": _dynamics_fit(self.dynamics)[0],
-            "python_side": self._python_side,
-        }
+        state = {"dynamics_weights": list(self.dynamics.weights), "python_side": self._python_side}
+        if isinstance(self.dynamics, JointDynamicsModel):  # the authors' ensemble: a fresh Adam per fit
+            state["dynamics_optimizer"] = _dynamics_fit(self.dynamics)[0]
+        return state
 
     def restore_state(self, step: int, restored: bool) -> None:
         """After a checkpoint of ``step`` meta-steps was restored: the Python side back from it.
@@ -691,16 +896,13 @@ class ReacherTask(Task):
                     seed,
                 )
             self.fit_babbling(seed)
-            self._fitted_seed, self._last_refit = seed, 0
+            # refit_at_start (the authors'): step 0 is due too
+            self._fitted_seed, self._last_refit = seed, (-1 if self.options.refit_at_start else 0)
             self._state_missing = False
         every = self.options.refit_every
         if not every:
             return
-        due = [
-            s
-            for s in range(first_step, first_step + count)
-            if s > 0 and s % every == 0 and s > self._last_refit
-        ]
+        due = [s for s in range(first_step, first_step + count) if s % every == 0 and s > self._last_refit]
         if not due:
             return
         step = due[0]
@@ -710,10 +912,10 @@ class ReacherTask(Task):
         for b in range(len(self.train_targets)):
             one = batch.task(b)
             params = trainer.adapt(trainer.learner.init_params(seeds[b]), _tensors(one.support)).params
-            env = make_reacher_environment(o.train_goals[b], o.start, o.horizon, seed=seed)
+            env = self.make_environment(o.train_goals[b], seed=seed)
             episodes = self.real_rollouts(env, trainer.learner.model, params, self.train_targets[b], 1)
-            self._dataset.append(transitions(episodes))
-        self._refit(max(1, o.dynamics_epochs // 3), _REFIT_STREAM * 1000 + step, step=step)
+            self._dataset.append(transitions(episodes, self.state_of))
+        self._refit(o.refit_epochs, _REFIT_STREAM * 1000 + step, step=step)
         self._last_refit = step
 
     # --- the real environment ---------------------------------------------------------------
@@ -728,7 +930,7 @@ class ReacherTask(Task):
         scale = self.input_scale
 
         def observation_fn(obs):
-            q = joint_state_tf(tf.cast(obs, tf.float32))
+            q = self._state_of_tf(obs)
             return tf.concat([q, tf.broadcast_to(goal, tf.shape(q))], -1) / scale
 
         policy = rl_env.KerasPolicy(
@@ -745,8 +947,7 @@ class ReacherTask(Task):
 
     def final_distance(self, learner: keras.Model, params: list, goal_xy: Any, target: np.ndarray) -> float:
         """Fingertip distance to ``goal_xy`` after one real episode of the policy θ = ``params``."""
-        o = self.options
-        env = make_reacher_environment(goal_xy, o.start, o.horizon)
+        env = self.make_environment(goal_xy)
         self.real_rollouts(env, learner, params, target, 1)
         return float(env.gym.episode_end_distance)
 

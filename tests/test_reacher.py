@@ -17,11 +17,12 @@ import ml3tf
 from ml3tf import tasks
 from ml3tf.functional import FunctionalModel
 from ml3tf.meta_loss import load_meta_loss
-from ml3tf.models.dynamics import JointDynamicsModel
+from ml3tf.models.dynamics import JointDynamicsModel, VelocityEnsembleDynamics
 from ml3tf.run import train_one
 from ml3tf.tasks import reacher as R
 
 TINY = dict(
+    robot="reacher_v5",
     horizon=6,
     babbling_rollouts=2,
     dynamics_hidden=(16, 16),
@@ -347,3 +348,155 @@ def test_bad_inputs_name_the_argument():
         JointDynamicsModel(())
     with pytest.raises(ValueError, match="goal"):
         R.FixedGoalReacher.make((0.1,))
+
+
+# --- the authors' robot (robot="authors", the default) ------------------------------------------
+TINY_AUTHORS = dict(
+    horizon=6,
+    dynamics_hidden=(8, 4),
+    dynamics_epochs=3,
+    policy_hidden=(8,),
+    meta_loss_hidden=(8, 8),
+    refit_every=2,
+    baseline_lrs=(1e-4, 1e-2),
+    test_goals=(R.AUTHORS_TEST_GOAL,),
+)
+
+
+def test_the_authors_robot_is_the_default_with_their_protocol_numbers():
+    o = R.ReacherOptions()
+    assert o.robot == "authors" and o.dt == 0.01
+    assert (o.dynamics_hidden, o.ensemble_size, o.dynamics_epochs, o.refit_epochs) == ((100, 30), 3, 500, 500)
+    assert (o.dynamics_batch_size, o.babbling_rollouts, o.horizon, o.refit_every) == (64, 3, 65, 300)
+    assert o.refit_at_start is True
+    v5 = R.ReacherOptions(robot="reacher_v5")  # the earlier defaults, unchanged
+    assert (v5.dynamics_hidden, v5.ensemble_size, v5.dynamics_epochs, v5.refit_epochs) == (
+        (128, 128),
+        1,
+        150,
+        50,
+    )
+    assert v5.refit_at_start is False
+    task = tasks.get("reacher", **TINY_AUTHORS)
+    cfg = task.default_config()
+    assert (cfg.meta_steps, cfg.inner_steps, cfg.inner_lr, cfg.meta_lr, cfg.eval_steps) == (
+        3000,
+        1,
+        1e-4,
+        1e-2,
+        2,
+    )
+    assert tasks.get("reacher", **TINY).default_config().eval_steps == 10
+    assert isinstance(task.dynamics, VelocityEnsembleDynamics) and task.dynamics.ensemble_size == 3
+    # a resolved set of options (config.json on resume) gives the same options
+    assert R.ReacherOptions(**task.describe_options()) == task.options
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"robot": "pybullet"}, "robot"),
+        ({"dt": 0.0}, "dt"),
+        ({"dynamics_epochs": -1}, "dynamics_epochs"),
+        ({"ensemble_size": 2, "robot": "reacher_v5"}, "ensemble_size"),
+        ({"refit_at_start": 1}, "refit_at_start"),
+    ],
+)
+def test_bad_robot_options_name_the_argument(options, name):
+    with pytest.raises(ValueError, match=name):
+        R.ReacherOptions(**options)
+
+
+def test_velocity_ensemble_steps_semi_implicitly_and_clips():
+    model = VelocityEnsembleDynamics((4,), ensemble_size=2, dt=0.01)
+    for k, (_, mean, _) in enumerate(model.members):  # member k predicts Δθ̇ = (k + 1) · (1, −2)
+        mean.kernel.assign(np.zeros_like(mean.kernel.numpy()))
+        mean.bias.assign(np.array([1.0, -2.0]) * (k + 1))
+    q = np.array([[0.5, -1.0, 0.2, 0.1], [2.99, 0.0, 3.5, -3.0]], "float32")
+    nxt = model.next_state(q, np.zeros((2, 2), "float32")).numpy()
+    dv = np.array([1.5, -3.0])  # the mean of the members' means
+    vel = q[:, 2:] + dv
+    np.testing.assert_allclose(nxt[:, 2:], np.clip(vel, -4, 4), rtol=1e-6)
+    np.testing.assert_allclose(nxt[:, :2], np.clip(q[:, :2] + 0.01 * vel, -3, 3), rtol=1e-6)
+    assert nxt[1, 0] == pytest.approx(3.0) and nxt[1, 2] == pytest.approx(4.0)  # both clips exercised
+    with pytest.raises(ValueError, match="ensemble_size"):
+        VelocityEnsembleDynamics(ensemble_size=0)
+    with pytest.raises(ValueError, match="input_scale"):
+        VelocityEnsembleDynamics(input_scale=(1.0, 8.0))
+
+
+def test_velocity_ensemble_fit_learns_the_robots_velocity_change():
+    task = tasks.get("reacher", **{**TINY_AUTHORS, "horizon": 30})
+    train = R.transitions(R.babble(task.make_environment(R.AUTHORS_TRAIN_GOAL), 3, seed=0), task.state_of)
+    test = R.transitions(R.babble(task.make_environment(R.AUTHORS_TRAIN_GOAL), 2, seed=1), task.state_of)
+    model = VelocityEnsembleDynamics((32, 16), ensemble_size=3, dt=0.01)
+
+    q, a, q1 = test
+    # away from the ±3 rad joint limits (where a limit's impulse stops the arm: not smooth in q, a)
+    inside = np.all(np.abs(q[:, :2]) < 2.9, -1) & np.all(np.abs(q1[:, :2]) < 2.9, -1)
+    assert inside.mean() > 0.5
+
+    def heldout_error():  # of Δθ̇, relative to its mean square (predicting 0 scores ≈ 1)
+        pred = model(np.concatenate([q, a], -1).astype("float32")).numpy()
+        d = (q1 - q)[:, 2:]
+        return np.mean((pred - d)[inside] ** 2) / np.mean(d[inside] ** 2)
+
+    before = heldout_error()
+    first = R.fit_velocity_ensemble(model, *train, epochs=150, seed=0)
+    after = heldout_error()
+    assert before > 0.5 and after < 0.1  # measured: 0.03
+    assert R.fit_velocity_ensemble(model, *train, epochs=50, seed=0) < first  # a refit continues
+    with pytest.raises(ValueError, match="batch_size"):
+        R.fit_velocity_ensemble(model, *train, batch_size=0)
+
+
+def test_tiny_run_on_the_authors_robot_babbles_refits_at_zero_and_writes_results(tmp_path):
+    task = tasks.get("reacher", **TINY_AUTHORS)
+    cfg = task.default_config().replace(meta_steps=4, steps_per_call=2, checkpoint_every=2)
+    ml3tf.train(task, cfg, str(tmp_path / "run"))
+    # the authors: a fit after each of the 3 babbling rollouts, then refits at steps 0 and 2 (every 2)
+    log = [(r["step"], r["fresh"], r["transitions"]) for r in task.dynamics_log]
+    per = log[0][2]
+    assert per >= TINY_AUTHORS["horizon"] - 1
+    assert log == [
+        (0, True, per),
+        (0, True, 2 * per),
+        (0, True, 3 * per),
+        (0, False, 4 * per),
+        (2, False, 5 * per),
+    ]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["task_options"]["robot"] == "authors"
+    for split in ("train", "test"):
+        for method in ("learned", "baseline", "baseline_best_lr"):
+            curve = res["curves"][split][method]["mean"]
+            assert len(curve) == 3 and all(0 <= v < 0.5 for v in curve)  # eval_steps 2: θ₀, θ₁, θ₂
+    env = task.make_environment(R.AUTHORS_TEST_GOAL)
+    assert env.observation_spec().shape == (4,)  # the authors' state [θ₁, θ₂, θ̇₁, θ̇₂]
+
+
+def test_resume_on_the_authors_robot_equals_uninterrupted_run(tmp_path):
+    """The ensemble's weights and the transitions go into the checkpoint (no optimizer state: every
+    fit starts a fresh Adam): killed after the checkpoint at step 2, resumed in a fresh task."""
+    options = {**TINY_AUTHORS, "babbling_rollouts": 1}
+    cfg = tasks.get("reacher", **options).default_config()
+    cfg = cfg.replace(meta_steps=4, steps_per_call=2, checkpoint_every=2)
+    ref_task = tasks.get("reacher", **options)
+    train_one(ref_task, cfg, str(tmp_path / "ref"))
+
+    def stop_at_2(seed, step, info):
+        if step == 2:  # the chunk 2–3 (and its refit at 2) ran; the last checkpoint holds 2 steps
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train_one(tasks.get("reacher", **options), cfg, str(tmp_path / "cut"), on_step=stop_at_2)
+    cut_task = tasks.get("reacher", **options)
+    train_one(cut_task, cfg, str(tmp_path / "cut"))
+
+    def metrics(run):
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    assert metrics("cut") == metrics("ref")
+    for a, b in zip(ref_task.dynamics.weights, cut_task.dynamics.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert cut_task.dynamics_log == ref_task.dynamics_log

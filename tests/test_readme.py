@@ -34,6 +34,7 @@ def test_readme_numbers_are_generated():
         "model-free",
         "reacher",
         "reacher-goal-relative-linear",
+        "reacher-robot",
         "mountain-car",
         "own-data",
     ):
