@@ -35,6 +35,7 @@ def test_readme_numbers_are_generated():
         "reacher",
         "reacher-goal-relative-linear",
         "mountain-car",
+        "mountain-car-robust",
         "own-data",
     ):
         assert f"<!-- generated:{name} -->" in readme and f"<!-- /generated:{name} -->" in readme
