@@ -193,6 +193,13 @@ def add_basins(results: dict) -> None:
         k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v, "tolerance": tol}
         for k, v in out.items()
     }
+    # where each seed's learned landscape has its lowest point (grid on ω): a minimum off v by more
+    # than the tolerance makes every learner miss, however well it converges
+    omega = np.asarray(land["omega"])
+    results["landscape_argmin"] = {
+        key: [float(omega[int(np.argmin(c))]) for c in land[key]["per_seed"]]
+        for key in ("learned_mse", "learned")
+    }
 
 
 def _machine() -> dict:
@@ -280,6 +287,15 @@ def table(results: dict) -> str:
         + ("smaller" if shaped["std"] < gap else "not smaller")
         + f" than its gap to the loss learned without extra information ({gap:+.2f}).",
     ]
+    if "landscape_argmin" in results:
+        lines += [
+            "",
+            "Lowest point of the shaped loss's landscape per seed (grid step "
+            f"{results['landscape']['omega'][1] - results['landscape']['omega'][0]:.2f}, "
+            f"v = {o['test_frequency']}): "
+            + ", ".join(f"{x:.2f}" for x in results["landscape_argmin"]["learned"])
+            + ".",
+        ]
     changes = results.get("configuration", {}).get("changes")
     if changes:
         lines += [

@@ -80,3 +80,23 @@ def test_mountain_car_diagnosis_reads_the_run(tmp_path):
     assert all(
         len(c) == bench.ORACLE_STEPS + 1 and max(c) <= 2 for c in oracle["reached_after_k_steps"].values()
     )
+
+
+def test_shaped_sine_landscape_argmin():
+    import numpy as np
+
+    bench = _bench("shaped_sine")
+    omega = np.linspace(-7.0, 7.0, 281)
+    curves = [(omega - 0.6) ** 2, (omega - 0.7) ** 2]
+    results = {
+        "task_options": {"test_frequency": 0.7, "init_range": [-5.0, 5.0]},
+        "landscape": {
+            "omega": omega.tolist(),
+            "baseline": ((omega - 0.7) ** 2).tolist(),
+            "learned_mse": {"per_seed": [c.tolist() for c in curves]},
+            "learned": {"per_seed": [c.tolist() for c in curves[::-1]]},
+        },
+    }
+    bench.add_basins(results)
+    assert results["landscape_argmin"]["learned"] == pytest.approx([0.7, 0.6])
+    assert results["landscape_argmin"]["learned_mse"] == pytest.approx([0.6, 0.7])
