@@ -3,6 +3,7 @@ with extra information ((ω − v)² at meta-train time). Writes docs/results/sh
 
     python bench/shaped_sine.py                    # 5 seeds, the authors' protocol (~minutes)
     python bench/shaped_sine.py --meta-steps 100   # a quick look
+    python bench/shaped_sine.py --config <name>    # 10 seeds, an option beside the protocol (CONFIGS)
 
 For each seed and each learned arm it meta-trains with ``ml3tf.train`` (online meta-updates),
 then measures on the meta-test task (v = 0.7, x = −5 … 4.9):
@@ -29,6 +30,14 @@ sys.path.insert(0, REPO)
 
 #: The two learned arms: (β, γ) of the meta-objective β·L_task + γ·L_extra.
 ARMS = {"learned_mse": (1.0, 0.0), "learned_shaped": (0.0, 1.0)}
+#: Named meta-training configurations (``--config``): the fields each one changes in the task's
+#: ``default_config()``. ``authors`` is the authors' protocol (the default); the others are options
+#: beside it, each with its own output folder ``docs/results/shaped_sine_<name>/``.
+CONFIGS: dict[str, dict] = {
+    "authors": {},
+}
+#: Seeds each configuration runs unless ``--seeds`` is given.
+DEFAULT_SEEDS = {"authors": [0, 1, 2, 3, 4]}
 LABELS = {
     "baseline": "MSE",
     "learned_mse": "ML3, task loss MSE",
@@ -36,15 +45,45 @@ LABELS = {
 }
 
 
-def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
+def default_out_dir(config: str) -> str:
+    """``docs/results/shaped_sine/`` for the authors' protocol, ``…/shaped_sine_<config>/`` else."""
+    name = "shaped_sine" if config == "authors" else f"shaped_sine_{config}"
+    return os.path.join(REPO, "docs", "results", name)
+
+
+def config_for(task, config: str, meta_steps: int | None = None):
+    """The ``MetaTrainConfig`` of the named configuration (``CONFIGS``) for ``task``.
+
+    Raises:
+        ValueError: ``config`` is not in ``CONFIGS``.
+    """
+    if config not in CONFIGS:
+        raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {config!r}")
+    cfg = task.default_config().replace(**CONFIGS[config])
+    return cfg if meta_steps is None else cfg.replace(meta_steps=meta_steps)
+
+
+def command(seeds: list[int], meta_steps: int | None, out_dir: str, config: str = "authors") -> str:
+    """The command line that reproduces a run (the defaults left out)."""
+    parts = ["python bench/shaped_sine.py"]
+    if config != "authors":
+        parts.append(f"--config {config}")
+    if list(seeds) != DEFAULT_SEEDS[config]:
+        parts.append("--seeds " + " ".join(str(s) for s in seeds))
+    if meta_steps:
+        parts.append(f"--meta-steps {meta_steps}")
+    if os.path.abspath(out_dir) != os.path.abspath(default_out_dir(config)):
+        parts.append(f"--out-dir {os.path.relpath(out_dir, REPO)}")
+    return " ".join(parts)
+
+
+def run(seeds: list[int], meta_steps: int | None, out_dir: str, config: str = "authors") -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import ml3tf
     from ml3tf import tasks
 
     task = tasks.get("shaped_sine")
-    base = task.default_config()
-    if meta_steps is not None:
-        base = base.replace(meta_steps=meta_steps)
+    base = config_for(task, config, meta_steps)
     start = time.perf_counter()
     omegas = np.linspace(-7.0, 7.0, 281)
     per_arm: dict[str, dict] = {}
@@ -109,7 +148,8 @@ def run(seeds: list[int], meta_steps: int | None, out_dir: str) -> dict:
     results["baseline_lr_sweep"] = sweep
     results["config"] = per_arm["learned_shaped"]["config"].to_dict()
     results["wall_seconds"] = time.perf_counter() - start
-    results["command"] = "python bench/shaped_sine.py" + (f" --meta-steps {meta_steps}" if meta_steps else "")
+    results["configuration"] = {"name": config, "changes": CONFIGS[config]}
+    results["command"] = command(seeds, meta_steps, out_dir, config)
     results["machine"] = _machine()
     add_basins(results)
     os.makedirs(out_dir, exist_ok=True)
@@ -152,6 +192,13 @@ def add_basins(results: dict) -> None:
     results["basin_fraction"] = {
         k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v, "tolerance": tol}
         for k, v in out.items()
+    }
+    # where each seed's learned landscape has its lowest point (grid on ω): a minimum off v by more
+    # than the tolerance makes every learner miss, however well it converges
+    omega = np.asarray(land["omega"])
+    results["landscape_argmin"] = {
+        key: [float(omega[int(np.argmin(c))]) for c in land[key]["per_seed"]]
+        for key in ("learned_mse", "learned")
     }
 
 
@@ -230,6 +277,33 @@ def table(results: dict) -> str:
             f"| {b['mean']:.2f} ± {b['std']:.2f} "
             f"| {f1[key]:.3f} ± {f1[key + '_std']:.3f} | {fN[key]:.3f} ± {fN[key + '_std']:.3f} |"
         )
+    shaped, plain = results["success_rate"]["learned"], results["success_rate"]["learned_mse"]
+    gap = shaped["mean"] - plain["mean"]
+    lines += [
+        "",
+        "Success rate of the shaped loss per seed: "
+        + ", ".join(f"{x:.2f}" for x in shaped["per_seed"])
+        + f"; its std over the seeds {shaped['std']:.2f} is "
+        + ("smaller" if shaped["std"] < gap else "not smaller")
+        + f" than its gap to the loss learned without extra information ({gap:+.2f}).",
+    ]
+    if "landscape_argmin" in results:
+        lines += [
+            "",
+            "Lowest point of the shaped loss's landscape per seed (grid step "
+            f"{results['landscape']['omega'][1] - results['landscape']['omega'][0]:.2f}, "
+            f"v = {o['test_frequency']}): "
+            + ", ".join(f"{x:.2f}" for x in results["landscape_argmin"]["learned"])
+            + ".",
+        ]
+    changes = results.get("configuration", {}).get("changes")
+    if changes:
+        lines += [
+            "",
+            "Configuration: the authors' protocol with "
+            + ", ".join(f"`{k}={v!r}`" for k, v in changes.items())
+            + ".",
+        ]
     lines += ["", "| MSE with SGD lr | success rate | MSE after the last step (from ω₀) |", "|---|---|---|"]
     for lr, r in results["baseline_lr_sweep"].items():
         s, f = r["success_rate"], r["final_mse_from_omega0"]
@@ -239,11 +313,14 @@ def table(results: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--meta-steps", type=int, default=None, help="default: the task's (1500)")
-    ap.add_argument("--out-dir", default=os.path.join(REPO, "docs", "results", "shaped_sine"))
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="authors")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: DEFAULT_SEEDS[config]")
+    ap.add_argument("--meta-steps", type=int, default=None, help="default: the configuration's")
+    ap.add_argument("--out-dir", default=None, help="default: default_out_dir(config)")
     ap.add_argument("--rescore", action="store_true", help="only recompute derived fields of results.json")
     args = ap.parse_args()
+    seeds = DEFAULT_SEEDS[args.config] if args.seeds is None else args.seeds
+    args.out_dir = default_out_dir(args.config) if args.out_dir is None else args.out_dir
     if args.rescore:
         from ml3tf.results import write_results
 
@@ -253,7 +330,7 @@ def main() -> None:
         add_basins(results)
         write_results(results, path)
     else:
-        results = run(args.seeds, args.meta_steps, args.out_dir)
+        results = run(seeds, args.meta_steps, args.out_dir, args.config)
     print(table(results))
     print(f"wrote {args.out_dir}/results.json, landscape.png, curves.png ({results['wall_seconds']:.0f} s)")
 

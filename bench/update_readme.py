@@ -36,6 +36,10 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
   the same command with ``--loss-features goal_relative --meta-loss-output linear --out-dir …``;
 * ``mountain-car``: docs/results/mountain_car/results.json (and mountain_car_1000/), written by
   ``python bench/mountain_car.py``;
+* ``mountain-car-robust``: docs/results/mountain_car_robust/results.json, written by
+  ``python bench/mountain_car.py --config robust``;
+* ``shaped-sine-10-seeds``: docs/results/shaped_sine_10_seeds/results.json, written by
+  ``python bench/shaped_sine.py --seeds 0 … 9 --out-dir docs/results/shaped_sine_10_seeds``;
 * ``own-data``: bench/results/own_data.json, written by ``python bench/own_data.py`` (its
   hyper-parameters: bench/results/own_data_tuning.json, by ``python bench/own_data.py --tune``).
 """
@@ -437,6 +441,24 @@ def render_mountain_car() -> str:
     return text
 
 
+def render_mountain_car_robust() -> str:
+    """docs/results/mountain_car_robust/ (``--config robust``: an option beside the protocol)."""
+    return _bench_table(
+        "mountain_car",
+        "docs/results/mountain_car_robust/results.json",
+        detail=lambda res: f" for both learned arms × {len(res['seeds'])} seeds, {res['date']}",
+    )
+
+
+def render_shaped_sine_10_seeds() -> str:
+    """docs/results/shaped_sine_10_seeds/ (the authors' protocol, seeds 0 … 9)."""
+    return _bench_table(
+        "shaped_sine",
+        "docs/results/shaped_sine_10_seeds/results.json",
+        detail=lambda res: f" for both learned arms × {len(res['seeds'])} seeds",
+    )
+
+
 def render_model_free() -> str:
     return _bench_table(
         "model_free",
@@ -536,6 +558,16 @@ def render(text: str) -> tuple[str, list[str]]:
             render_inverse_dynamics,
         ),
         ("mountain-car", ("docs", "results", "mountain_car", "results.json"), render_mountain_car),
+        (
+            "mountain-car-robust",
+            ("docs", "results", "mountain_car_robust", "results.json"),
+            render_mountain_car_robust,
+        ),
+        (
+            "shaped-sine-10-seeds",
+            ("docs", "results", "shaped_sine_10_seeds", "results.json"),
+            render_shaped_sine_10_seeds,
+        ),
     ):
         if _exists(*path):
             put(name, render_one())

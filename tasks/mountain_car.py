@@ -387,8 +387,8 @@ class MountainCarTask(Task):
         meta-test, meaningful with ``learner_init="fixed"``) — and ``test`` — the
         ``n_test_policies`` fresh policies (``test_params``). Adds ``success_rate[split][method]``
         (the car reached p ≥ ``success_position``; ``curve``: after each step, ``mean``/``std``/
-        ``per_seed``: after the last) and the mean position trajectory after each step
-        (``trajectories[split][method]``, ``(steps+1, T+1)``)."""
+        ``per_seed``: after the last, ``per_seed_curve``: per seed after each step) and the mean
+        position trajectory after each step (``trajectories[split][method]``, ``(steps+1, T+1)``)."""
         losses = per_seed(meta_losses, seeds, "meta-losses")
         steps = config.eval_steps if steps is None else int(steps)
         start = time.perf_counter()
@@ -423,6 +423,7 @@ class MountainCarTask(Task):
                     "std": float(np.std([c[-1] for c in v])),
                     "per_seed": [float(c[-1]) for c in v],
                     "curve": np.mean(v, axis=0).tolist(),
+                    "per_seed_curve": [[float(x) for x in c] for c in v],
                 }
                 for m, v in per.items()
             }

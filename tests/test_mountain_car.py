@@ -311,6 +311,10 @@ def test_tiny_end_to_end_run(tmp_path):
     for split in ("train", "test"):
         assert set(res["success_rate"][split]) == {"learned", "baseline"}
         assert len(res["success_rate"][split]["learned"]["curve"]) == cfg.eval_steps + 1
+        per = np.asarray(res["success_rate"][split]["learned"]["per_seed_curve"])  # (seeds, steps+1)
+        assert per.shape == (2, cfg.eval_steps + 1)
+        np.testing.assert_allclose(per.mean(axis=0), res["success_rate"][split]["learned"]["curve"])
+        np.testing.assert_allclose(per[:, -1], res["success_rate"][split]["learned"]["per_seed"])
         assert np.shape(res["trajectories"][split]["learned"]) == (cfg.eval_steps + 1, 6)
     # the train split starts from the meta-train policy θ₀ (learner_init="fixed")
     trainer = ml3tf.MetaTrainer(task, cfg.replace(seed=1))

@@ -36,6 +36,8 @@ def test_readme_numbers_are_generated():
         "reacher-goal-relative-linear",
         "reacher-robot",
         "mountain-car",
+        "mountain-car-robust",
+        "shaped-sine-10-seeds",
         "own-data",
     ):
         assert f"<!-- generated:{name} -->" in readme and f"<!-- /generated:{name} -->" in readme

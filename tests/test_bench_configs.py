@@ -1,0 +1,102 @@
+"""The named configurations of bench/mountain_car.py and bench/shaped_sine.py: ``authors`` is the
+task's default (the authors' protocol), every other one changes exactly the fields it lists,
+writes to its own folder and records a command that reproduces it; a bad name is refused."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from ml3tf import tasks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench(name):
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}_configs", os.path.join(ROOT, "bench", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["mountain_car", "shaped_sine"])
+def test_named_configurations(name):
+    bench = _bench(name)
+    task = tasks.get(name)
+    default = task.default_config()
+    assert bench.CONFIGS["authors"] == {} and bench.config_for(task, "authors") == default
+    assert set(bench.DEFAULT_SEEDS) == set(bench.CONFIGS)
+    if name == "mountain_car":
+        assert len(bench.CONFIGS) >= 2  # an option beside the protocol
+    for config, changes in bench.CONFIGS.items():
+        cfg = bench.config_for(task, config)
+        differs = {k for k, v in cfg.to_dict().items() if v != default.to_dict()[k]}
+        assert differs == set(changes), (config, differs)
+        assert all(getattr(cfg, k) == v for k, v in changes.items())
+        assert bench.config_for(task, config, meta_steps=7).meta_steps == 7
+        out = bench.default_out_dir(config)
+        assert os.path.basename(out) == (name if config == "authors" else f"{name}_{config}")
+        seeds = bench.DEFAULT_SEEDS[config]
+        assert bench.command(seeds, None, out, config) == f"python bench/{name}.py" + (
+            "" if config == "authors" else f" --config {config}"
+        )
+    assert bench.command([0, 1], 50, os.path.join(ROOT, "x"), "authors") == (
+        f"python bench/{name}.py --seeds 0 1 --meta-steps 50 --out-dir x"
+    )
+    with pytest.raises(ValueError, match=r"config.*'nope'"):
+        bench.config_for(task, "nope")
+
+
+def test_mountain_car_diagnosis_reads_the_run(tmp_path):
+    import numpy as np
+
+    import ml3tf
+
+    bench = _bench("mountain_car")
+    task = tasks.get(
+        "mountain_car", horizon=5, subgoal_steps=2, policy_hidden=8, meta_loss_hidden=(16,), n_test_policies=2
+    )
+    cfg = task.default_config().replace(meta_steps=3, task_loss_weight=0.0, extra_loss_weight=1.0)
+    run = ml3tf.train(task, cfg, str(tmp_path), seeds=[0, 1], evaluate=False)
+    params0 = task.train_params(1)
+    out = task.meta_test(ml3tf.load_meta_loss(run.meta_loss_paths[1]), params0, cfg)
+    d = bench.diagnose(params0, out["params"], run.run_dirs[1])
+    # the gains are those of the linear policy: a(s) = s·W₁W₂ = k_p·p + k_v·v
+    s = np.array([[0.3, -0.7]], np.float32)
+    a = s @ params0[0][0] @ params0[1][0]
+    np.testing.assert_allclose(a.ravel(), s @ np.asarray(d["gains_theta0"]), rtol=1e-5)
+    assert d["gains_after_steps"] != d["gains_theta0"]  # the meta-test step moved the policy
+    with open(os.path.join(run.run_dirs[1], "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f]
+    assert d["meta_grad_norm_max"] == max(r["meta_grad_norm"] for r in metrics if "objective" in r)
+    assert d["meta_objective_first"] == metrics[0]["objective"]  # 3 steps: the first tenth is step 0
+    oracle = bench.sgd_on_the_meta_objective(task, 0)
+    assert oracle["policies"] == 2 and set(oracle["reached_after_k_steps"]) == {
+        str(lr) for lr in bench.ORACLE_LRS
+    }
+    assert all(
+        len(c) == bench.ORACLE_STEPS + 1 and max(c) <= 2 for c in oracle["reached_after_k_steps"].values()
+    )
+
+
+def test_shaped_sine_landscape_argmin():
+    import numpy as np
+
+    bench = _bench("shaped_sine")
+    omega = np.linspace(-7.0, 7.0, 281)
+    curves = [(omega - 0.6) ** 2, (omega - 0.7) ** 2]
+    results = {
+        "task_options": {"test_frequency": 0.7, "init_range": [-5.0, 5.0]},
+        "landscape": {
+            "omega": omega.tolist(),
+            "baseline": ((omega - 0.7) ** 2).tolist(),
+            "learned_mse": {"per_seed": [c.tolist() for c in curves]},
+            "learned": {"per_seed": [c.tolist() for c in curves[::-1]]},
+        },
+    }
+    bench.add_basins(results)
+    assert results["landscape_argmin"]["learned"] == pytest.approx([0.7, 0.6])
+    assert results["landscape_argmin"]["learned_mse"] == pytest.approx([0.6, 0.7])
