@@ -256,19 +256,26 @@ def table(results: dict) -> str:
     lines = [
         f"2-link inverse dynamics, held-out trajectories, seeds {results['seeds']}; meta-training: "
         f"K = {k} SGD steps (lr {cfg['inner_lr']}), {cfg['meta_steps']} meta-steps, Adam {cfg['meta_lr']}, "
-        f"meta-batch {cfg['meta_batch_size']}, loss features `{opts.get('loss_features', 'absolute')}`",
+        f"meta-batch {cfg['meta_batch_size']}, loss features `{opts.get('loss_features', 'absolute')}`, "
+        f"φ from `{opts.get('meta_loss_init', 'random')}`",
         "",
-        f"| loss | torque MSE after {k} steps (= K) | per seed | after {results['steps']} | "
-        f"inertia error after {k} | after {results['steps']} |",
-        "|---|---|---|---|---|---|",
+        f"| loss | torque MSE after {k} steps (= K) | per seed | seeds below MSE "
+        f"| after {results['steps']} | inertia error after {k} | after {results['steps']} |",
+        "|---|---|---|---|---|---|---|",
     ]
     tf_, if_ = results["final"]["heldout"], results["inertia_error"]["final"]["heldout"]
+    mse = results["at_inner_steps"]["heldout"]["baseline"]["per_seed"]
     for key in METHODS:
         t = results["at_inner_steps"]["heldout"][key]
         i = results["inertia_error"]["at_inner_steps"]["heldout"][key]
         seeds = " ".join(f"{v:.2f}" for v in t["per_seed"])
+        below = (
+            "—"
+            if key == "baseline"
+            else f"{sum(a < b for a, b in zip(t['per_seed'], mse, strict=True))}/{len(mse)}"
+        )
         lines.append(
-            f"| {LABELS[key]} | {t['mean']:.3f} ± {t['std']:.3f} | {seeds} | {_pm(tf_, key)} "
+            f"| {LABELS[key]} | {t['mean']:.3f} ± {t['std']:.3f} | {seeds} | {below} | {_pm(tf_, key)} "
             f"| {i['mean']:.3f} ± {i['std']:.3f} | {_pm(if_, key)} |"
         )
     lines += [

@@ -25,8 +25,8 @@ episode starts at ``start`` (default: at rest at θ = 0, the authors' reset) and
 after ``horizon`` steps. ``fingertip_distance`` / ``episode_end_distance`` as in
 ``ml3tf.tasks.reacher.FixedGoalReacher``.
 
-**Where the robot's numbers come from** (the authors' ``ml3/envs/mujoco_robots/reacher.xml``
-loaded by PyBullet 3.2.7 with ``loadMJCF``, as their ``ml3/envs/bullet_sim.py`` does, read back
+**Where the robot's numbers come from** (the authors' MJCF of the arm loaded by PyBullet 3.2.7
+with ``loadMJCF``, as their simulation does, read back
 with ``getDynamicsInfo``/``calculateMassMatrix``): each link has the file's 2 kg at its joint,
 but PyBullet ignores the file's ``diaginertia`` (the compiler's ``inertiafromgeom="true"``) and
 takes the inertia of a 2 kg box around the link's capsule (0.12 × 0.02 × 0.02 m); the fingertip
