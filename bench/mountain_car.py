@@ -38,6 +38,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+from bench.configs import named_config, results_dir  # noqa: E402
 
 #: The learned arms: (β, γ) of the meta-objective β·L_task + γ·L_extra.
 ARMS = {"ml3_extra": (0.0, 1.0), "ml3": (1.0, 0.0)}
@@ -62,20 +63,13 @@ DEFAULT_SEEDS = {"authors": [0, 1, 2, 3, 4], "robust": list(range(10))}
 
 def default_out_dir(config: str) -> str:
     """``docs/results/mountain_car/`` for the authors' protocol, ``…/mountain_car_<config>/`` else."""
-    name = "mountain_car" if config == "authors" else f"mountain_car_{config}"
-    return os.path.join(REPO, "docs", "results", name)
+    return results_dir("mountain_car", config)
 
 
 def config_for(task, config: str, meta_steps: int | None = None):
-    """The ``MetaTrainConfig`` of the named configuration (``CONFIGS``) for ``task``.
-
-    Raises:
-        ValueError: ``config`` is not in ``CONFIGS``.
-    """
-    if config not in CONFIGS:
-        raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {config!r}")
-    cfg = task.default_config().replace(**CONFIGS[config])
-    return cfg if meta_steps is None else cfg.replace(meta_steps=meta_steps)
+    """The ``MetaTrainConfig`` of the named configuration (``CONFIGS``) for ``task``
+    (``ValueError`` for an unknown name)."""
+    return named_config(task, CONFIGS, config, meta_steps)
 
 
 def run(seeds: list[int], meta_steps: int | None, out_dir: str, config: str = "authors") -> dict:

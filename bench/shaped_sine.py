@@ -27,6 +27,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+from bench.configs import named_config, results_dir  # noqa: E402
 
 #: The two learned arms: (β, γ) of the meta-objective β·L_task + γ·L_extra.
 ARMS = {"learned_mse": (1.0, 0.0), "learned_shaped": (0.0, 1.0)}
@@ -47,20 +48,13 @@ LABELS = {
 
 def default_out_dir(config: str) -> str:
     """``docs/results/shaped_sine/`` for the authors' protocol, ``…/shaped_sine_<config>/`` else."""
-    name = "shaped_sine" if config == "authors" else f"shaped_sine_{config}"
-    return os.path.join(REPO, "docs", "results", name)
+    return results_dir("shaped_sine", config)
 
 
 def config_for(task, config: str, meta_steps: int | None = None):
-    """The ``MetaTrainConfig`` of the named configuration (``CONFIGS``) for ``task``.
-
-    Raises:
-        ValueError: ``config`` is not in ``CONFIGS``.
-    """
-    if config not in CONFIGS:
-        raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {config!r}")
-    cfg = task.default_config().replace(**CONFIGS[config])
-    return cfg if meta_steps is None else cfg.replace(meta_steps=meta_steps)
+    """The ``MetaTrainConfig`` of the named configuration (``CONFIGS``) for ``task``
+    (``ValueError`` for an unknown name)."""
+    return named_config(task, CONFIGS, config, meta_steps)
 
 
 def command(seeds: list[int], meta_steps: int | None, out_dir: str, config: str = "authors") -> str:

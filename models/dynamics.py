@@ -29,6 +29,14 @@ from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="models")
+def _hidden_units(value: Sequence[int]) -> tuple[int, ...]:
+    """``value`` as a tuple of widths; ``ValueError`` unless non-empty and all >= 1."""
+    units = tuple(int(h) for h in value)
+    if not units or any(h < 1 for h in units):
+        raise ValueError(f"hidden_units must be a non-empty sequence of integers >= 1, got {units!r}")
+    return units
+
+
 class JointDynamicsModel(keras.Model):
     """``Δq̂ = σ ⊙ MLP(features(q, a))`` for a 2-joint arm (see the module docstring).
 
@@ -51,11 +59,7 @@ class JointDynamicsModel(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        hidden_units = tuple(int(h) for h in hidden_units)
-        if not hidden_units or any(h < 1 for h in hidden_units):
-            raise ValueError(
-                f"hidden_units must be a non-empty sequence of integers >= 1, got {hidden_units!r}"
-            )
+        hidden_units = _hidden_units(hidden_units)
         if not (isinstance(velocity_scale, (int, float)) and velocity_scale > 0):
             raise ValueError(f"velocity_scale must be a positive number, got {velocity_scale!r}")
         if isinstance(n_joints, bool) or not isinstance(n_joints, int) or n_joints < 1:
@@ -173,11 +177,7 @@ class VelocityEnsembleDynamics(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        hidden_units = tuple(int(h) for h in hidden_units)
-        if not hidden_units or any(h < 1 for h in hidden_units):
-            raise ValueError(
-                f"hidden_units must be a non-empty sequence of integers >= 1, got {hidden_units!r}"
-            )
+        hidden_units = _hidden_units(hidden_units)
         if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 1:
             raise ValueError(f"ensemble_size must be an integer >= 1, got {ensemble_size!r}")
         for name, v in (("dt", dt), ("angle_limit", angle_limit), ("velocity_limit", velocity_limit)):
