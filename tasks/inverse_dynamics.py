@@ -26,10 +26,10 @@ scores it on 64 points of another. Meta-test: fresh learners trained on 64 point
 trajectory with the learned loss or MSE; torque MSE and inertia error measured on
 ``n_heldout`` other trajectories.
 
-Protocol (the paper gives none for this experiment; these defaults come from the diagnosis in
-``bench/inverse_dynamics.py``'s results): with the paper's form — (û, u) features, a random
-φ, SGD lr 0.01, 300 meta-steps at Adam 3e-4 over 4 tasks — the meta-objective barely moved and
-the learned loss ended 3.6× worse than MSE after K steps. Three causes, three defaults:
+Protocol (the paper gives none for this experiment): with the paper's form — (û, u) features,
+a random φ, SGD lr 0.01, 300 meta-steps at Adam 3e-4 over 4 tasks (this task's earlier
+defaults) — the meta-objective barely moved and the learned loss ended far behind MSE after
+K steps. Three causes, three defaults:
 
 * lr 0.01 is MSE's stability edge (it diverges at 0.02); meta-training then drives M_φ's
   steps past it and the inner loop blows up. SGD lr 0.005 leaves room, and the MSE arm of
