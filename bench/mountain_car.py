@@ -38,7 +38,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
-from bench.configs import named_config, results_dir  # noqa: E402
+from bench.configs import command_line, named_config, results_dir  # noqa: E402
 
 #: The learned arms: (β, γ) of the meta-objective β·L_task + γ·L_extra.
 ARMS = {"ml3_extra": (0.0, 1.0), "ml3": (1.0, 0.0)}
@@ -442,16 +442,7 @@ def plot(res: dict, out_dir: str) -> None:
 
 def command(seeds: list[int], meta_steps: int | None, out_dir: str, config: str = "authors") -> str:
     """The command line that reproduces a run (the defaults left out)."""
-    parts = ["python bench/mountain_car.py"]
-    if config != "authors":
-        parts.append(f"--config {config}")
-    if list(seeds) != DEFAULT_SEEDS[config]:
-        parts.append("--seeds " + " ".join(str(s) for s in seeds))
-    if meta_steps:
-        parts.append(f"--meta-steps {meta_steps}")
-    if os.path.abspath(out_dir) != os.path.abspath(default_out_dir(config)):
-        parts.append(f"--out-dir {os.path.relpath(out_dir, REPO)}")
-    return " ".join(parts)
+    return command_line("mountain_car.py", "mountain_car", config, seeds, DEFAULT_SEEDS, meta_steps, out_dir)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
-from bench.configs import named_config, results_dir  # noqa: E402
+from bench.configs import command_line, named_config, results_dir  # noqa: E402
 
 #: The two learned arms: (β, γ) of the meta-objective β·L_task + γ·L_extra.
 ARMS = {"learned_mse": (1.0, 0.0), "learned_shaped": (0.0, 1.0)}
@@ -59,16 +59,7 @@ def config_for(task, config: str, meta_steps: int | None = None):
 
 def command(seeds: list[int], meta_steps: int | None, out_dir: str, config: str = "authors") -> str:
     """The command line that reproduces a run (the defaults left out)."""
-    parts = ["python bench/shaped_sine.py"]
-    if config != "authors":
-        parts.append(f"--config {config}")
-    if list(seeds) != DEFAULT_SEEDS[config]:
-        parts.append("--seeds " + " ".join(str(s) for s in seeds))
-    if meta_steps:
-        parts.append(f"--meta-steps {meta_steps}")
-    if os.path.abspath(out_dir) != os.path.abspath(default_out_dir(config)):
-        parts.append(f"--out-dir {os.path.relpath(out_dir, REPO)}")
-    return " ".join(parts)
+    return command_line("shaped_sine.py", "shaped_sine", config, seeds, DEFAULT_SEEDS, meta_steps, out_dir)
 
 
 def run(seeds: list[int], meta_steps: int | None, out_dir: str, config: str = "authors") -> dict:
