@@ -127,7 +127,8 @@ class MetaTrainConfig:
     only (θ_k held constant; the learner keeps its θ across the K steps): B·K updates per meta-step,
     memory independent of K (the authors' shaped-sine protocol)."""
     unroll_loop: str = execution("auto")
-    """``python`` (unrolled graph), ``while`` (tf.while_loop) or ``auto`` (python for K ≤ 10)."""
+    """``python`` (unrolled graph), ``while`` (tf.while_loop) or ``auto``: python for K ≤ 10, and
+    under ``jit_compile`` for K × meta_batch_size ≤ 20 (``ml3tf.inner.resolve_loop``)."""
     jit_compile: bool = execution(False)
     """Compile the meta-step with XLA (slower on CPU for the tiny sine step; for GPU/TPU)."""
     eval_steps: int = schedule(100)

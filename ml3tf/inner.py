@@ -27,7 +27,31 @@ from ml3tf.config import BACKPROP_MODES, INNER_OPTIMIZERS
 Params = list[tf.Tensor]
 #: ``loop="auto"`` unrolls K ≤ this many inner steps as a Python loop, more as a ``tf.while_loop``.
 AUTO_PYTHON_LOOP_MAX = 10
+#: Under XLA, ``loop="auto"`` unrolls as a Python loop only while the graph holds at most this
+#: many inner-step copies (K × the tasks XLA runs one after the other): XLA's compile time grows
+#: with the copies (``bench/scale.py``'s loop table: the 7-DoF inverse-dynamics step at
+#: 16 tasks × K = 10 compiles about 4× longer unrolled), while small unrolled steps run faster.
+AUTO_XLA_PYTHON_COPIES_MAX = 20
 InnerLossFn = Callable[[Params, Params], tuple[tf.Tensor, Params]]
+
+
+def resolve_loop(loop: str, steps: int, jit_compile: bool = False, copies: int = 1) -> str:
+    """The loop ``loop="auto"`` stands for: ``"python"`` or ``"while"`` (other values returned as given).
+
+    Without XLA: the Python loop for K = ``steps`` ≤ ``AUTO_PYTHON_LOOP_MAX``. Under XLA
+    (``jit_compile``): the Python loop while K · ``copies`` ≤ ``AUTO_XLA_PYTHON_COPIES_MAX`` (20),
+    where ``copies`` is how many unrolls the compiled graph holds side by side (the tasks of a
+    meta-batch, which XLA runs one after the other).
+
+    Example:
+        >>> resolve_loop("auto", 10), resolve_loop("auto", 10, jit_compile=True, copies=16)
+        ('python', 'while')
+    """
+    if loop != "auto":
+        return loop
+    if jit_compile:
+        return "python" if int(steps) * max(int(copies), 1) <= AUTO_XLA_PYTHON_COPIES_MAX else "while"
+    return "python" if int(steps) <= AUTO_PYTHON_LOOP_MAX else "while"
 
 
 class InnerOptimizer(Protocol):
@@ -321,7 +345,8 @@ def unroll(
         opt_state: the optimizer's state; ``None`` starts from ``optimizer.init``.
         loop: ``"python"`` unrolls the steps into the graph (fast for K ≤ 10),
             ``"while"`` uses ``tf.while_loop`` (constant graph size for large K),
-            ``"auto"`` picks python for K ≤ 10.
+            ``"auto"`` picks python for K ≤ 10 (``resolve_loop``; a caller that compiles
+            with XLA resolves it first, knowing how many unrolls its graph holds).
         backprop: how ``∂θ_K/∂(θ_0, φ)`` is obtained. ``"full"``: plain backprop
             through all K steps (memory grows linearly in K). ``"segmented"``: exact,
             recomputing ``segment_length`` steps at a time in the backward pass (memory
@@ -354,8 +379,7 @@ def unroll(
         raise ValueError(f"segment_length must be >= 1, got {segment_length!r}")
     if backprop == "truncated" and int(truncate_steps) < 1:
         raise ValueError(f"truncate_steps must be >= 1, got {truncate_steps!r}")
-    if loop == "auto":  # decided once, on K: every part of the unroll uses the same loop
-        loop = "python" if steps <= AUTO_PYTHON_LOOP_MAX else "while"
+    loop = resolve_loop(loop, steps)  # decided once, on K: every part of the unroll uses the same loop
     params = list(params)
     state = list(state)
     if opt_state is None:

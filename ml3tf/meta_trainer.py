@@ -46,7 +46,7 @@ import tensorflow as tf
 from ml3tf.config import MetaTrainConfig
 from ml3tf.distribute import make_strategy, worker_errors
 from ml3tf.functional import FunctionalModel
-from ml3tf.inner import AUTO_PYTHON_LOOP_MAX, inner_step, make_inner_optimizer, unroll
+from ml3tf.inner import inner_step, make_inner_optimizer, resolve_loop, unroll
 from ml3tf.outer import OuterOptimizer
 from ml3tf.seeds import meta_train_seeds, seeded
 from ml3tf.task import Task, TaskBatch
@@ -169,6 +169,11 @@ class MetaTrainer:
             self.outer.append(OuterOptimizer(self.init_optimizer))
         rule = OnlineUpdate if config.meta_update == "online" else UnrolledUpdate
         self.update = rule(self)
+        #: The inner loop ``unroll_loop`` stands for (``resolve_loop``): under XLA the meta-batch's
+        #: tasks run one after the other in one graph, so "auto" counts their unrolls.
+        self.unroll_loop = resolve_loop(
+            config.unroll_loop, config.inner_steps, config.jit_compile, config.meta_batch_size
+        )
         # Traced once; a chunk calls it once per seed and step (autograph is not needed: the
         # loops are explicit tf.while_loop, and converting the code would double the trace).
         self._step_fn = tf.function(self._one_step, autograph=False)
@@ -248,7 +253,7 @@ class MetaTrainer:
             self.inner_optimizer,
             cfg.inner_steps,
             state=state,
-            loop=cfg.unroll_loop,
+            loop=self.unroll_loop,
             backprop=cfg.backprop,
             segment_length=cfg.segment_length,
             truncate_steps=cfg.truncate_steps,
@@ -726,9 +731,7 @@ class OnlineUpdate:
                 values, params, state, opt_state, ok, data
             )
             first_inner, norm_sum = info.initial_loss, info.meta_grad_norm
-            if t.config.unroll_loop == "python" or (
-                t.config.unroll_loop == "auto" and k_steps <= AUTO_PYTHON_LOOP_MAX
-            ):
+            if t.unroll_loop == "python":
                 for _ in range(k_steps - 1):
                     values, params, state, opt_state, ok, info = sub_update(
                         values, params, state, opt_state, ok, data

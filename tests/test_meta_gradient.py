@@ -132,3 +132,49 @@ def test_functional_view_leaves_model_untouched_and_carries_batchnorm_state():
         f.apply(params[:1], x)
     with pytest.raises(ValueError, match="not built"):
         FunctionalModel(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_auto_loop_rule_without_and_under_xla():
+    """``unroll_loop="auto"``: K ≤ 10 unrolled in Python without XLA; under XLA only while the
+    graph holds K × B ≤ 20 unrolled steps (the meta-batch's tasks run one after the other)."""
+    from ml3tf.inner import AUTO_PYTHON_LOOP_MAX, AUTO_XLA_PYTHON_COPIES_MAX, resolve_loop
+
+    assert resolve_loop("auto", AUTO_PYTHON_LOOP_MAX) == "python"
+    assert resolve_loop("auto", AUTO_PYTHON_LOOP_MAX + 1) == "while"
+    assert resolve_loop("auto", 10, jit_compile=False, copies=16) == "python"
+    assert resolve_loop("auto", 5, jit_compile=True, copies=2) == "python"
+    assert resolve_loop("auto", AUTO_XLA_PYTHON_COPIES_MAX + 1, jit_compile=True) == "while"
+    assert resolve_loop("auto", 10, jit_compile=True, copies=16) == "while"
+    assert resolve_loop("python", 100, jit_compile=True, copies=16) == "python"  # asked for: kept
+    assert resolve_loop("while", 1) == "while"
+    trainer = MetaTrainer(ToyTask(), MetaTrainConfig(inner_steps=7, meta_batch_size=3, jit_compile=True))
+    assert trainer.unroll_loop == "while"
+    assert MetaTrainer(ToyTask(), MetaTrainConfig(inner_steps=7, meta_batch_size=3)).unroll_loop == "python"
+
+
+def test_xla_chunk_with_while_loop_equals_python_unrolled(float64):
+    """The XLA chunk that "auto" turns into a ``tf.while_loop`` (K × B = 21) takes the same φ
+    trajectory as the Python-unrolled one: float64, two SGD meta-steps; the two differ only in
+    the order XLA schedules the same operations (≤ ~1e-15 relative per step), a wrong step or
+    a lost task by ≥ 1e-3."""
+    task = ToyTask(learner="smooth", meta_loss="network", split=True)
+    phis = {}
+    for loop in ("auto", "python"):
+        cfg = MetaTrainConfig(
+            inner_steps=7,
+            inner_lr=0.3,
+            meta_batch_size=3,
+            meta_optimizer="sgd",
+            meta_lr=0.1,
+            jit_compile=True,
+            steps_per_call=2,
+            unroll_loop=loop,
+        )
+        trainer = MetaTrainer(task, cfg)
+        before = [v.numpy() for v in trainer.meta_loss.trainable_variables]
+        trainer.run_steps(0, 2)
+        phis[loop] = [v.numpy() for v in trainer.meta_loss.trainable_variables]
+        moved = max(np.max(np.abs(a - b)) for a, b in zip(phis[loop], before, strict=True))
+        assert moved > 1e-6  # the meta-steps changed φ: the comparison below means something
+    for a, b in zip(phis["auto"], phis["python"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
