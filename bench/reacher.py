@@ -57,6 +57,7 @@ LABELS = {
     "learned_final": "ML3 learned loss, last φ (SGD, inner_lr)",
     "baseline": "task cost (SGD, inner_lr)",
     "baseline_best_lr": "task cost (SGD, best lr of the grid)",
+    "learned_real": "ML3 learned loss on the real robot's states, no model (the authors' meta-test)",
 }
 
 
@@ -179,16 +180,19 @@ def plot(results: dict, out_dir: str) -> None:
         "learned_final": "tab:purple",
         "baseline": "tab:orange",
         "baseline_best_lr": "tab:green",
+        "learned_real": "tab:red",
     }
     for ax, split in zip(axes[:2], ("train", "test"), strict=True):
         for method, color in colors.items():
+            if method not in results["curves"][split]:
+                continue  # learned_real: the authors' robot only (and results written before it)
             c = results["curves"][split][method]
             mean, std = np.asarray(c["mean"]), np.asarray(c["std"])
             k = np.arange(len(mean))
             ax.plot(k, mean, color=color, label=LABELS[method])
             ax.fill_between(k, mean - std, mean + std, color=color, alpha=0.2)
         ax.set_title(f"{split} goals (real {ROBOT_TITLES[_robot(results)]})")
-        ax.set_xlabel("meta-test SGD step (policy trained through the learned model)")
+        ax.set_xlabel("meta-test SGD step (through the learned model; red: on the real robot's states)")
         ax.set_ylabel("final fingertip distance to the goal (m)")
         ax.legend(fontsize=8)
     m = np.asarray(results["meta_train"]["task_loss_mean"])
@@ -213,7 +217,9 @@ def table(results: dict) -> str:
         f"held-out goals, step 0 | after 1 step | after {steps} |",
         "|---|---|---|---|---|---|---|",
     ]
-    for method in ("learned", "learned_final", "baseline", "baseline_best_lr"):
+    for method in ("learned", "learned_final", "learned_real", "baseline", "baseline_best_lr"):
+        if method not in results["curves"]["train"]:
+            continue  # learned_real: the authors' robot only (and results written before it)
         cells = []
         for split in ("train", "test"):
             c = results["curves"][split][method]

@@ -69,7 +69,10 @@ cost at ``inner_lr`` (``baseline``, the same optimisation), and (c) the task cos
 learning rate of ``baseline_lrs`` (chosen per seed on the training goal by the model-predicted
 task cost; ``baseline_best_lr``). After every step the
 policy is rolled out in the real MuJoCo environment through TF-Agents; the metric is the
-final fingertip distance to the goal (m). Splits: ``train`` (the meta-training goals) and
+final fingertip distance to the goal (m). On the authors' robot a fourth arm,
+``learned_real``, is the authors' own meta-test (``meta_test_real``): no model at all — each SGD
+step on the learned loss uses the states of the policy's last real episode, the gradient
+reaching θ through the actions only. Splits: ``train`` (the meta-training goals) and
 ``test`` (held-out goals; the authors' test goal first).
 
 Example:
@@ -947,9 +950,22 @@ class ReacherTask(Task):
 
     def final_distance(self, learner: keras.Model, params: list, goal_xy: Any, target: np.ndarray) -> float:
         """Fingertip distance to ``goal_xy`` after one real episode of the policy θ = ``params``."""
+        return self.real_episode(learner, params, goal_xy, target)[1]
+
+    def real_episode(
+        self, learner: keras.Model, params: list, goal_xy: Any, target: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        """One real episode of the policy θ = ``params``: the joint states ``(T+1, 4)`` it passed
+        through (float32; the authors' robot only — Reacher-v5's last state is not observed) and
+        the final fingertip distance to ``goal_xy``."""
         env = self.make_environment(goal_xy)
-        self.real_rollouts(env, learner, params, target, 1)
-        return float(env.gym.episode_end_distance)
+        episodes = self.real_rollouts(env, learner, params, target, 1)
+        distance = float(env.gym.episode_end_distance)
+        if self.options.robot != "authors":
+            return np.zeros((0, 4), np.float32), distance
+        mask = np.asarray(episodes["mask"][0], bool)
+        q = self.state_of(episodes["observation"][0][mask])  # the states each action was taken in
+        return np.concatenate([q, env.gym.episode_end_state[None]]).astype(np.float32), distance
 
     # --- meta-test ------------------------------------------------------------------------------
     def meta_test(
@@ -993,6 +1009,59 @@ class ReacherTask(Task):
         paths = [[[p[g, k] for p in path] for k in range(engine.steps + 1)] for g in range(len(targets))]
         return costs, paths
 
+    def meta_test_real(
+        self,
+        meta_loss: keras.Model,
+        params0: list,
+        goals: Any,
+        targets: np.ndarray,
+        config: MetaTrainConfig,
+        steps: int | None = None,
+    ) -> np.ndarray:
+        """The authors' meta-test: the real robot in the loop, no dynamics model. For k = 0 … steps−1
+        the policy θ_k runs one real episode (states q_t), then
+
+            θ_{k+1} = θ_k − α ∇_θ mean_t M_φ([q_t / n_s, π_θ([q_t, q*] / n), ‖q_T − q*‖])
+
+        with the real states held constant (the gradient reaches θ through the actions only; a
+        simulator gives no derivative). Policies ``params0`` (stacked, one per goal), one SGD step
+        of the meta-test engine per episode. Returns the real final fingertip distances
+        ``(G, steps + 1)`` of θ_0 … θ_steps. The authors' robot only.
+
+        Raises:
+            ValueError: ``robot`` is not ``"authors"``.
+        """
+        if self.options.robot != "authors":
+            raise ValueError(f"meta_test_real needs robot='authors', got robot={self.options.robot!r}")
+        steps = config.eval_steps if steps is None else int(steps)
+        engine = engine_for(self, config, 1, jit_compile=False, vectorize=False)  # one step a call
+        learner = engine.learner
+        mean_m = stateless_loss(meta_loss, self.loss_features)
+        key = ("learned_real", architecture_key(meta_loss))
+
+        def loss(params, state, data, phi):
+            q, goal = data["states"], data["goal"]
+            x = tf.concat([q[:-1], tf.broadcast_to(goal, tf.shape(q[:-1]))], -1) / self.input_scale
+            actions = tf.clip_by_value(learner(params, x), -1.0, 1.0)
+            return mean_m(phi, q[:, None], actions[:, None], goal), state
+
+        def metric(params, _state, data):
+            return tf.zeros(())
+
+        params = [np.asarray(p) for p in params0]
+        goal_joints = np.asarray(targets, np.float32)
+        distances = []
+        for k in range(steps + 1):
+            episodes = [
+                self.real_episode(learner.model, [p[g] for p in params], goal_xy, goal_joints[g])
+                for g, goal_xy in enumerate(goals)
+            ]
+            distances.append([d for _, d in episodes])
+            if k < steps:
+                data = {"states": np.stack([q for q, _ in episodes]), "goal": goal_joints}
+                _, params = engine.run(key, loss, metric, params, data, phi_of(meta_loss))
+        return np.asarray(distances, np.float64).T
+
     def evaluate(
         self,
         meta_losses: list[keras.Model],
@@ -1008,6 +1077,8 @@ class ReacherTask(Task):
         o = self.options
         splits = {"train": (o.train_goals, self.train_targets), "test": (o.test_goals, self.test_targets)}
         methods = ("learned", "baseline", "baseline_best_lr")
+        if o.robot == "authors":
+            methods += ("learned_real",)  # the authors' meta-test: the real robot in the loop
         curves: dict[str, dict[str, list]] = {s: {m: [] for m in methods} for s in splits}
         chosen = []
         policy = FunctionalModel(self.make_learner())
@@ -1036,6 +1107,9 @@ class ReacherTask(Task):
                         for path, goal_xy, target in zip(paths, goals, targets, strict=True)
                     ]
                     curves[split][method].append(np.mean(per_goal, axis=0))
+                if "learned_real" in methods:
+                    real = self.meta_test_real(meta_loss, params0, goals, targets, config, steps)
+                    curves[split]["learned_real"].append(real.mean(axis=0))
         res = summarize_task(
             self, steps=steps, seeds=seeds, curves=curves, config=config.to_dict(), wall_seconds=0.0
         )

@@ -23,7 +23,8 @@ rad/s), float64. **Fingertip** (x, y) by forward kinematics (link lengths l₁ =
 (``fingertip_position``; the MuJoCo site in ``env.fingertip``). Reward ``−‖p − goal‖``; every
 episode starts at ``start`` (default: at rest at θ = 0, the authors' reset) and is truncated
 after ``horizon`` steps. ``fingertip_distance`` / ``episode_end_distance`` as in
-``ml3tf.tasks.reacher.FixedGoalReacher``.
+``ml3tf.tasks.reacher.FixedGoalReacher``; ``episode_end_state`` is q after the last step (a
+driver may reset the environment right after it).
 
 **Where the robot's numbers come from** (the authors' MJCF of the arm loaded by PyBullet 3.2.7
 with ``loadMJCF``, as their simulation does, read back
@@ -136,6 +137,7 @@ class AuthorsReacherEnv(gymnasium.Env):
         self.action_space = gymnasium.spaces.Box(-TORQUE_LIMIT, TORQUE_LIMIT, (2,), np.float32)
         self.fingertip_distance = math.nan
         self.episode_end_distance = math.nan
+        self.episode_end_state = np.full(4, np.nan)
         self._t = 0
         self._set_state(self.start)
 
@@ -195,6 +197,7 @@ class AuthorsReacherEnv(gymnasium.Env):
         truncated = self._t >= self.horizon
         if truncated:
             self.episode_end_distance = self.fingertip_distance
+            self.episode_end_state = self.state
         info = {"fingertip": self.fingertip}
         return self.state, -self.fingertip_distance, False, truncated, info
 

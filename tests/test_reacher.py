@@ -19,6 +19,7 @@ from ml3tf.functional import FunctionalModel
 from ml3tf.meta_loss import load_meta_loss
 from ml3tf.models.dynamics import JointDynamicsModel, VelocityEnsembleDynamics
 from ml3tf.run import train_one
+from ml3tf.seeds import seeded
 from ml3tf.tasks import reacher as R
 
 TINY = dict(
@@ -468,9 +469,11 @@ def test_tiny_run_on_the_authors_robot_babbles_refits_at_zero_and_writes_results
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["task_options"]["robot"] == "authors"
     for split in ("train", "test"):
-        for method in ("learned", "baseline", "baseline_best_lr"):
+        for method in ("learned", "baseline", "baseline_best_lr", "learned_real"):
             curve = res["curves"][split][method]["mean"]
             assert len(curve) == 3 and all(0 <= v < 0.5 for v in curve)  # eval_steps 2: θ₀, θ₁, θ₂
+        # every arm starts from the same θ₀: the same real episode before any step
+        assert res["curves"][split]["learned_real"]["mean"][0] == res["curves"][split]["learned"]["mean"][0]
     env = task.make_environment(R.AUTHORS_TEST_GOAL)
     assert env.observation_spec().shape == (4,)  # the authors' state [θ₁, θ₂, θ̇₁, θ̇₂]
 
@@ -500,3 +503,43 @@ def test_resume_on_the_authors_robot_equals_uninterrupted_run(tmp_path):
     for a, b in zip(ref_task.dynamics.weights, cut_task.dynamics.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert cut_task.dynamics_log == ref_task.dynamics_log
+
+
+def test_real_robot_meta_test_steps_on_the_real_states_through_the_actions():
+    """``meta_test_real`` (the authors' meta-test): θ₁ = θ₀ − α ∇_θ mean M_φ(features of θ₀'s real
+    episode, actions recomputed from θ), by hand with a GradientTape; the distances are the real
+    episodes' of θ₀ and θ₁, and the last state of an episode is where its fingertip ends."""
+    # a linear output: a random softplus network can sit where its slope is ~0 and not move θ
+    task = tasks.get("reacher", **TINY_AUTHORS, meta_loss_output="linear")
+    with seeded(0):
+        meta_loss = task.make_meta_loss()
+        meta_loss(np.zeros((1, 7), np.float32))
+    policy = FunctionalModel(task.make_learner())
+    theta0 = policy.init_params(np.array([3, 4]))
+    goal_xy, target = R.AUTHORS_TEST_GOAL, task.test_targets[:1]
+    cfg = task.default_config().replace(inner_lr=2.0)
+    dist = task.meta_test_real(meta_loss, [p.numpy()[None] for p in theta0], [goal_xy], target, cfg, steps=1)
+    assert dist.shape == (1, 2)
+
+    q, d0 = task.real_episode(policy.model, theta0, goal_xy, target[0])
+    assert q.shape == (TINY_AUTHORS["horizon"] + 1, 4)
+    tip = R.robot_env.fingertip_position(q[-1])
+    assert np.linalg.norm(tip - np.asarray(goal_xy)) == pytest.approx(d0, abs=1e-6)  # float32 q_T
+    goal = tf.constant(target, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(theta0)
+        x = tf.concat([q[:-1], tf.repeat(goal, len(q) - 1, 0)], -1) / task.input_scale
+        a = tf.clip_by_value(policy(theta0, x), -1.0, 1.0)
+        m = tf.reduce_mean(meta_loss(task.loss_features(tf.constant(q)[:, None], a[:, None], goal)))
+    grads = tape.gradient(m, theta0)
+    theta1 = [p - 2.0 * g for p, g in zip(theta0, grads, strict=True)]
+    assert max(float(tf.reduce_max(tf.abs(g))) for g in grads) * 2.0 > 1e-3  # the step moves θ
+    _, d1 = task.real_episode(policy.model, theta1, goal_xy, target[0])
+    # the engine's graph and this eager step differ by float32 rounding (~1e-7 relative in θ₁),
+    # which a 6-step episode carries into the distance at well under 1e-5 m
+    assert dist[0, 0] == d0
+    assert dist[0, 1] == pytest.approx(d1, abs=1e-5)
+    assert abs(d1 - d0) > 1e-4  # the comparison above tells a step from no step
+
+    with pytest.raises(ValueError, match="robot"):
+        tasks.get("reacher", robot="reacher_v5").meta_test_real(meta_loss, [], [], target, cfg, 1)

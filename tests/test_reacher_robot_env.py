@@ -98,6 +98,9 @@ def test_shapes_spaces_reward_and_time_limit():
         assert not terminated and truncated == (t == 2)
         assert reward == pytest.approx(-np.linalg.norm(info["fingertip"] - np.array(goal)))
     assert env.episode_end_distance == pytest.approx(-reward)
+    np.testing.assert_array_equal(env.episode_end_state, obs)
+    env.reset()  # a reset (a driver's, after the last step) keeps the episode's end
+    np.testing.assert_array_equal(env.episode_end_state, obs)
     clipped = rre.AuthorsReacherEnv(horizon=3)
     clipped.reset()
     for _ in range(3):
