@@ -13,6 +13,10 @@
 3. Time per meta-step on one device vs ``MirroredStrategy`` over 2 logical CPU devices
    (B = 8, one fresh process; on 2 cores the two replicas share the same cores, so
    this measures the strategy's overhead, not a speed-up).
+4. Under XLA (``jit_compile=True``): the inner loop unrolled in Python vs a ``tf.while_loop``
+   (``unroll_loop``), compile time and ms per meta-step, for the small sine step and the 7-DoF
+   inverse-dynamics step at several K × B, and which of the two ``unroll_loop="auto"`` picks
+   (``ml3tf.inner.resolve_loop``). Each configuration in a fresh process.
 
 Prints tables and writes JSON with the machine named. Compare ratios from one run.
 """
@@ -104,6 +108,63 @@ print(json.dumps(out))
 """
 
 
+LOOP_PROBE = """
+import os, sys, time, json, statistics
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+sys.path.insert(0, {repo!r})
+from ml3tf import tasks
+from ml3tf.meta_trainer import MetaTrainer
+task = tasks.get({task!r})
+cfg = task.default_config().replace(inner_steps={k}, meta_batch_size={b}, jit_compile=True,
+                                    steps_per_call={n}, unroll_loop={loop!r}, select_every=0)
+trainer = MetaTrainer(task, cfg)
+n = {n}
+start = time.perf_counter()
+trainer.run_steps(0, n)  # trace, compile, n steps
+first = time.perf_counter() - start
+times = []
+for r in range({repeats}):
+    start = time.perf_counter()
+    trainer.run_steps(n + r * n, n)
+    times.append((time.perf_counter() - start) / n)
+ms = statistics.median(times) * 1e3
+print(json.dumps({{"ms": ms, "compile_s": first - n * ms / 1e3}}))
+"""
+
+#: (task, K, B) of the loop comparison under XLA: the sine step is small, the inverse-dynamics
+#: step (7-DoF arm, 21 inputs) is not; K × B spans the "auto" rule's threshold.
+LOOP_CASES = (
+    ("sine", 5, 1),
+    ("sine", 5, 2),
+    ("sine", 10, 2),
+    ("inverse_dynamics", 10, 1),
+    ("inverse_dynamics", 10, 4),
+    ("inverse_dynamics", 10, 16),
+)
+
+
+def bench_loop(repeats: int, quick: bool) -> list[dict]:
+    """Compile seconds and ms per meta-step under XLA, Python-unrolled vs ``tf.while_loop`` inner
+    loop, per ``LOOP_CASES`` entry (each in a fresh process), and what ``"auto"`` resolves to."""
+    from ml3tf.inner import resolve_loop
+
+    rows = []
+    for task, k, b in LOOP_CASES[:2] if quick else LOOP_CASES:
+        # the 1-minute load average before the case: compile times move with other work on the machine
+        row: dict = {"task": task, "inner_steps": k, "meta_batch_size": b, "load_before": os.getloadavg()[0]}
+        row["auto"] = resolve_loop("auto", k, jit_compile=True, copies=b)
+        n = 5 if task == "inverse_dynamics" else 100
+        for loop in ("python", "while"):
+            res = _probe(LOOP_PROBE.format(repo=REPO, task=task, k=k, b=b, n=n, loop=loop, repeats=repeats))
+            for key in ("ms", "compile_s", "error"):
+                if key in res:
+                    row[f"{loop}_{key}"] = res[key]
+        if row.get("python_ms") and row.get("while_ms"):
+            row["faster"] = "python" if row["python_ms"] < row["while_ms"] else "while"
+        rows.append(row)
+    return rows
+
+
 def bench_mirrored(b: int, repeats: int, quick: bool) -> dict:
     """ms per meta-step, one device vs MirroredStrategy over 2 logical CPUs (same process, same B)."""
     res = _probe(MIRRORED_PROBE.format(repo=REPO, b=b, n=10 if quick else 30, repeats=repeats))
@@ -166,6 +227,10 @@ def bench_unroll(ks: list[int], quick: bool) -> list[dict]:
     return rows
 
 
+#: The parts ``--parts`` can choose (all by default).
+PARTS = ("batch", "unroll", "mirrored", "loop")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -174,15 +239,15 @@ def main() -> None:
     ap.add_argument(
         "--parts",
         nargs="+",
-        choices=("batch", "unroll", "mirrored"),
-        default=["batch", "unroll", "mirrored"],
+        choices=PARTS,
+        default=list(PARTS),
         help="measure only these parts; the others are kept from an existing --out file",
     )
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
 
     old: dict = {}
-    if set(args.parts) != {"batch", "unroll", "mirrored"} and os.path.exists(args.out):
+    if set(args.parts) != set(PARTS) and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
     batch_rows = (
@@ -190,6 +255,7 @@ def main() -> None:
     )
     unroll_rows = bench_unroll([1, 10, 100, 1000], args.quick) if "unroll" in args.parts else old["unroll"]
     mirrored = bench_mirrored(8, repeats, args.quick) if "mirrored" in args.parts else old.get("mirrored")
+    loop_rows = bench_loop(repeats, args.quick) if "loop" in args.parts else old.get("xla_loop")
     result = {
         "benchmark": "scale",
         "machine": machine(),
@@ -201,11 +267,12 @@ def main() -> None:
                 if part in args.parts
                 else old.get("part_dates", {}).get(part, old.get("date"))
             )
-            for part in ("batch", "unroll", "mirrored")
+            for part in PARTS
         },
         "meta_batch": batch_rows,
         "unroll": unroll_rows,
         "mirrored": mirrored,
+        "xla_loop": loop_rows,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -241,6 +308,15 @@ def main() -> None:
             f"  one device: {mirrored.get('default_ms', float('nan')):.2f} ms/step, "
             f"mirrored: {mirrored.get('mirrored_ms', float('nan')):.2f} ms/step {mirrored.get('error', '')}"
         )
+    if loop_rows:
+        print("\nunder XLA: inner loop unrolled in Python vs tf.while_loop (fresh process each)")
+        head = ("python ms", "compile s", "while ms", "compile s")
+        print(f"{'task':>17} {'K':>3} {'B':>3} " + " ".join(f"{h:>10}" for h in head) + " auto")
+        for r in loop_rows:
+            cells = [r.get(k) for k in ("python_ms", "python_compile_s", "while_ms", "while_compile_s")]
+            cells = ["-" if v is None else f"{v:.2f}" for v in cells]
+            k, b = r["inner_steps"], r["meta_batch_size"]
+            print(f"{r['task']:>17} {k:>3} {b:>3} " + " ".join(f"{c:>10}" for c in cells) + f" {r['auto']}")
     print(f"\nwrote {args.out}")
 
 

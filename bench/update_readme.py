@@ -280,6 +280,29 @@ def render_bench_scale() -> str:
             lines.append(
                 f"| {r['inner_steps']} | {r['backprop']} | {r['peak_rise_mb']:.0f} | {r['ms_per_step']:.1f} |"
             )
+    loop_rows = b.get("xla_loop") or []
+    if loop_rows:
+        lines += [
+            "",
+            "Under XLA (`--jit-compile`), the inner loop unrolled in Python vs a `tf.while_loop` "
+            "(`--unroll-loop`); compile = the first call's time beyond its meta-steps; "
+            "`auto` = what `--unroll-loop auto` (the default) picks; load = the machine's 1-minute "
+            "load average before the case (compile times move with other work on a shared machine):",
+            "",
+            "| task | K | B | Python loop ms/step | compile s "
+            "| `tf.while_loop` ms/step | compile s | `auto` | load |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in loop_rows:
+            cells = [
+                r.get("python_error") or _num(r.get("python_ms")),
+                _num(r.get("python_compile_s"), ".1f"),
+                r.get("while_error") or _num(r.get("while_ms")),
+                _num(r.get("while_compile_s"), ".1f"),
+            ]
+            head = f"| {r['task']} | {r['inner_steps']} | {r['meta_batch_size']} | "
+            load = _num(r.get("load_before"), ".1f")
+            lines.append(head + " | ".join(cells) + f" | {r['auto']} | {load} |")
     mirrored = b.get("mirrored") or {}
     if "default_ms" in mirrored:
         lines += [
