@@ -62,8 +62,9 @@ CONFIGS: dict[str, dict] = {
     # few fresh ones); the four stay fixed (learner_init="fixed", the default): in screens with a
     # fresh draw per meta-step (learner_init="fresh"; inner lr 0.03 … 1, meta lr 1e-3 … 1e-2,
     # 1–2 inner steps) the meta-objective stayed in the damped-policy basin or rose, with fixed
-    # draws it falls; meta_steps 600 — with four policies it falls more slowly than with one.
+    # draws it mostly falls; meta_steps 600 — with four policies it falls more slowly than with one.
     # Two inner steps (step 1 sets the position gain, step 2 sees a velocity) did not help there.
+    # Measured, it does worse than robust, on fresh policies and on θ₀ (README block).
     "fresh": {"inner_lr": 1e-2, "meta_batch_size": 4, "meta_steps": 600},
 }
 #: Seeds each configuration runs unless ``--seeds`` is given.
