@@ -38,6 +38,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
   ``python bench/mountain_car.py``;
 * ``mountain-car-robust``: docs/results/mountain_car_robust/results.json, written by
   ``python bench/mountain_car.py --config robust``;
+* ``mountain-car-fresh``: docs/results/mountain_car_fresh/results.json, written by
+  ``python bench/mountain_car.py --config fresh``;
 * ``shaped-sine-10-seeds``: docs/results/shaped_sine_10_seeds/results.json, written by
   ``python bench/shaped_sine.py --seeds 0 … 9 --out-dir docs/results/shaped_sine_10_seeds``;
 * ``own-data``: bench/results/own_data.json, written by ``python bench/own_data.py`` (its
@@ -473,6 +475,15 @@ def render_mountain_car_robust() -> str:
     )
 
 
+def render_mountain_car_fresh() -> str:
+    """docs/results/mountain_car_fresh/ (``--config fresh``: meta-trained over several policies)."""
+    return _bench_table(
+        "mountain_car",
+        "docs/results/mountain_car_fresh/results.json",
+        detail=lambda res: f" for both learned arms × {len(res['seeds'])} seeds, {res['date']}",
+    )
+
+
 def render_shaped_sine_10_seeds() -> str:
     """docs/results/shaped_sine_10_seeds/ (the authors' protocol, seeds 0 … 9)."""
     return _bench_table(
@@ -585,6 +596,11 @@ def render(text: str) -> tuple[str, list[str]]:
             "mountain-car-robust",
             ("docs", "results", "mountain_car_robust", "results.json"),
             render_mountain_car_robust,
+        ),
+        (
+            "mountain-car-fresh",
+            ("docs", "results", "mountain_car_fresh", "results.json"),
+            render_mountain_car_fresh,
         ),
         (
             "shaped-sine-10-seeds",

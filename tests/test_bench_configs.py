@@ -100,3 +100,31 @@ def test_shaped_sine_landscape_argmin():
     bench.add_basins(results)
     assert results["landscape_argmin"]["learned"] == pytest.approx([0.7, 0.6])
     assert results["landscape_argmin"]["learned_mse"] == pytest.approx([0.6, 0.7])
+
+
+def test_mountain_car_fresh_configuration_runs_a_tiny_version(tmp_path):
+    """``--config fresh`` meta-trains over several fixed policies, ``eval_steps`` equal to its inner
+    steps; a tiny version trains and meta-tests every fresh policy of each seed."""
+    import numpy as np
+
+    import ml3tf
+
+    bench = _bench("mountain_car")
+    changes = bench.CONFIGS["fresh"]
+    assert changes["meta_batch_size"] > 1 and changes.get("learner_init", "fixed") == "fixed"
+    assert bench.DEFAULT_SEEDS["fresh"] == list(range(10))
+    task = tasks.get(
+        "mountain_car", horizon=5, subgoal_steps=2, policy_hidden=8, meta_loss_hidden=(16,), n_test_policies=3
+    )
+    cfg = bench.config_for(task, "fresh", meta_steps=2).replace(task_loss_weight=0.0, extra_loss_weight=1.0)
+    assert cfg.eval_steps == cfg.inner_steps
+    run = ml3tf.train(task, cfg, str(tmp_path), seeds=[0, 1], evaluate=False)
+    with open(os.path.join(run.run_dirs[0], "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f if "objective" in line]
+    assert len(metrics) == 2 and all(np.isfinite(m["objective"]) for m in metrics)
+    losses = [ml3tf.load_meta_loss(p) for p in run.meta_loss_paths]
+    res = task.evaluate(losses, cfg, [0, 1], steps=cfg.eval_steps + 1)
+    per = np.asarray(res["success_rate"]["test"]["learned"]["per_seed_curve"])
+    assert per.shape == (2, cfg.eval_steps + 2) and np.all((per >= 0) & (per <= 1))
+    # every share is a count of the 3 fresh policies of the seed
+    np.testing.assert_allclose(per * 3, np.round(per * 3), atol=1e-6)

@@ -37,6 +37,7 @@ def test_readme_numbers_are_generated():
         "reacher-robot",
         "mountain-car",
         "mountain-car-robust",
+        "mountain-car-fresh",
         "shaped-sine-10-seeds",
         "own-data",
     ):
