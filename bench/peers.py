@@ -47,7 +47,9 @@ seeds of ml3tf, ``torch.Generator``, ``jax.random``); φ's Adam update is part o
 stacks:
 
 * ``ml3tf run_steps``: ``MetaTrainer(task, cfg).run_steps(first, count)``, the chunk in one
-  compiled call, with ``jit_compile=False`` (``tf.function``) and ``jit_compile=True`` (XLA);
+  compiled call, with ``jit_compile=False`` (``tf.function``) and ``jit_compile=True`` (XLA;
+  with ``unroll_loop="python"``: the fastest steady state, which "auto" trades for a shorter
+  compile once K × B > 10);
   ``ml3tf step``: one ``trainer.step`` per meta-step (XLA), the per-call overhead;
 * ``torch.func``: ``functional_call`` + nested ``torch.func.grad`` (``vmap`` over the
   meta-batch when B > 1), ``torch.optim.Adam`` (``foreach``) on φ, a Python loop over steps;
@@ -425,7 +427,9 @@ def ml3tf_worker(ks: Sequence[int], steps: int, repeats: int, ref_path: str, thr
     for mode, jit in (("ml3tf_function", False), ("ml3tf_xla", True)):
         row: dict[str, Any] = {"ml3": {}, "maml": {}}
         for k in ks:
-            cfg = paper.default_config().replace(inner_steps=k, jit_compile=jit)
+            # steady state: under XLA the unrolled inner loop (what "auto" picks only up to K × B = 10)
+            loop = {"unroll_loop": "python"} if jit else {}
+            cfg = paper.default_config().replace(inner_steps=k, jit_compile=jit, **loop)
             trainer = MetaTrainer(paper, cfg)
             row["ml3"][str(k)] = time_chunks(
                 lambda first, n, t=trainer: t.run_steps(first, n), steps, repeats
@@ -437,6 +441,7 @@ def ml3tf_worker(ks: Sequence[int], steps: int, repeats: int, ref_path: str, thr
                 init_lr=MAML["init_lr"],
                 meta_batch_size=MAML["meta_batch_size"],
                 jit_compile=jit,
+                **loop,
             )
             mtrainer = MetaTrainer(maml_task, mcfg)
             row["maml"][str(k)] = time_chunks(
@@ -445,7 +450,8 @@ def ml3tf_worker(ks: Sequence[int], steps: int, repeats: int, ref_path: str, thr
         out[mode] = row
     row = {"ml3": {}}
     for k in ks:
-        trainer = MetaTrainer(paper, paper.default_config().replace(inner_steps=k, jit_compile=True))
+        cfg = paper.default_config().replace(inner_steps=k, jit_compile=True, unroll_loop="python")
+        trainer = MetaTrainer(paper, cfg)
 
         def per_call(first: int, n: int, t: MetaTrainer = trainer) -> None:
             for s in range(first, first + n):

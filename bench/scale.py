@@ -114,9 +114,10 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 sys.path.insert(0, {repo!r})
 from ml3tf import tasks
 from ml3tf.meta_trainer import MetaTrainer
-task = tasks.get({task!r})
+task = tasks.get({task!r}, **{options!r})
 cfg = task.default_config().replace(inner_steps={k}, meta_batch_size={b}, jit_compile=True,
-                                    steps_per_call={n}, unroll_loop={loop!r}, select_every=0)
+                                    steps_per_call={n}, unroll_loop={loop!r}, select_every=0,
+                                    **{changes!r})
 trainer = MetaTrainer(task, cfg)
 n = {n}
 start = time.perf_counter()
@@ -131,15 +132,24 @@ ms = statistics.median(times) * 1e3
 print(json.dumps({{"ms": ms, "compile_s": first - n * ms / 1e3}}))
 """
 
-#: (task, K, B) of the loop comparison under XLA: the sine step is small, the inverse-dynamics
-#: step (7-DoF arm, 21 inputs) is not; K × B spans the "auto" rule's threshold.
+#: MAML on the sine family, 10-shot (bench/peers.py's MAML step): θ₀ learned, B tasks per step.
+_MAML = (
+    {"mode": "family", "support_points": 10, "query_points": 25, "learner_hidden": (40, 40)},
+    {"method": "maml", "inner_lr": 0.01, "init_lr": 0.001},
+)
+#: (label, task, task options, config changes, K, B) of the loop comparison under XLA: the sine
+#: steps are small, the inverse-dynamics step (7-DoF arm, 21 inputs) is not; K × B spans the
+#: "auto" rule's threshold.
 LOOP_CASES = (
-    ("sine", 5, 1),
-    ("sine", 5, 2),
-    ("sine", 10, 2),
-    ("inverse_dynamics", 10, 1),
-    ("inverse_dynamics", 10, 4),
-    ("inverse_dynamics", 10, 16),
+    ("sine", "sine", {}, {}, 5, 1),
+    ("sine", "sine", {}, {}, 5, 2),
+    ("sine", "sine", {}, {}, 10, 2),
+    ("sine", "sine", {}, {}, 20, 1),
+    ("sine MAML", "sine", *_MAML, 5, 5),
+    ("sine MAML", "sine", *_MAML, 20, 5),
+    ("inverse_dynamics", "inverse_dynamics", {}, {}, 10, 1),
+    ("inverse_dynamics", "inverse_dynamics", {}, {}, 10, 4),
+    ("inverse_dynamics", "inverse_dynamics", {}, {}, 10, 16),
 )
 
 
@@ -149,18 +159,26 @@ def bench_loop(repeats: int, quick: bool) -> list[dict]:
     from ml3tf.inner import resolve_loop
 
     rows = []
-    for task, k, b in LOOP_CASES[:2] if quick else LOOP_CASES:
+    for label, task, options, changes, k, b in LOOP_CASES[:2] if quick else LOOP_CASES:
         # the 1-minute load average before the case: compile times move with other work on the machine
-        row: dict = {"task": task, "inner_steps": k, "meta_batch_size": b, "load_before": os.getloadavg()[0]}
+        row: dict = {"task": label, "inner_steps": k, "meta_batch_size": b, "load_before": os.getloadavg()[0]}
         row["auto"] = resolve_loop("auto", k, jit_compile=True, copies=b)
         n = 5 if task == "inverse_dynamics" else 100
         for loop in ("python", "while"):
-            res = _probe(LOOP_PROBE.format(repo=REPO, task=task, k=k, b=b, n=n, loop=loop, repeats=repeats))
+            case = {"task": task, "options": options, "changes": changes, "k": k, "b": b}
+            code = LOOP_PROBE.format(repo=REPO, n=n, loop=loop, repeats=repeats, **case)
+            res = _probe(code)
             for key in ("ms", "compile_s", "error"):
                 if key in res:
                     row[f"{loop}_{key}"] = res[key]
         if row.get("python_ms") and row.get("while_ms"):
             row["faster"] = "python" if row["python_ms"] < row["while_ms"] else "while"
+            # meta-steps after which the unrolled loop's faster steps have paid for its longer
+            # compile (None: it never does, or it compiles no longer)
+            gain_ms = row["while_ms"] - row["python_ms"]
+            extra_s = row["python_compile_s"] - row["while_compile_s"]
+            pays = gain_ms > 0 and extra_s > 0
+            row["python_pays_back_after"] = round(extra_s * 1e3 / gain_ms) if pays else None
         rows.append(row)
     return rows
 

@@ -128,7 +128,7 @@ class MetaTrainConfig:
     memory independent of K (the authors' shaped-sine protocol)."""
     unroll_loop: str = execution("auto")
     """``python`` (unrolled graph), ``while`` (tf.while_loop) or ``auto``: python for K ≤ 10, and
-    under ``jit_compile`` for K × meta_batch_size ≤ 20 (``ml3tf.inner.resolve_loop``)."""
+    under ``jit_compile`` for K × meta_batch_size ≤ 10 (``ml3tf.inner.resolve_loop``)."""
     jit_compile: bool = execution(False)
     """Compile the meta-step with XLA (slower on CPU for the tiny sine step; for GPU/TPU)."""
     eval_steps: int = schedule(100)

@@ -28,10 +28,12 @@ Params = list[tf.Tensor]
 #: ``loop="auto"`` unrolls K ≤ this many inner steps as a Python loop, more as a ``tf.while_loop``.
 AUTO_PYTHON_LOOP_MAX = 10
 #: Under XLA, ``loop="auto"`` unrolls as a Python loop only while the graph holds at most this
-#: many inner-step copies (K × the tasks XLA runs one after the other): XLA's compile time grows
-#: with the copies (``bench/scale.py``'s loop table: the 7-DoF inverse-dynamics step at
-#: 16 tasks × K = 10 compiles about 4× longer unrolled), while small unrolled steps run faster.
-AUTO_XLA_PYTHON_COPIES_MAX = 20
+#: many inner-step copies (K × the tasks XLA runs one after the other). Beyond it XLA's compile
+#: time grows with the copies — seconds for the small sine steps, minutes for the 7-DoF
+#: inverse-dynamics step at 16 tasks × K = 10 — and the unrolled loop's faster steps pay that
+#: back only after thousands of meta-steps (``bench/scale.py``'s loop table); up to it the two
+#: compile within about a second of each other.
+AUTO_XLA_PYTHON_COPIES_MAX = 10
 InnerLossFn = Callable[[Params, Params], tuple[tf.Tensor, Params]]
 
 
@@ -39,7 +41,7 @@ def resolve_loop(loop: str, steps: int, jit_compile: bool = False, copies: int =
     """The loop ``loop="auto"`` stands for: ``"python"`` or ``"while"`` (other values returned as given).
 
     Without XLA: the Python loop for K = ``steps`` ≤ ``AUTO_PYTHON_LOOP_MAX``. Under XLA
-    (``jit_compile``): the Python loop while K · ``copies`` ≤ ``AUTO_XLA_PYTHON_COPIES_MAX`` (20),
+    (``jit_compile``): the Python loop while K · ``copies`` ≤ ``AUTO_XLA_PYTHON_COPIES_MAX`` (10),
     where ``copies`` is how many unrolls the compiled graph holds side by side (the tasks of a
     meta-batch, which XLA runs one after the other).
 

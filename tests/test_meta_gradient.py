@@ -136,7 +136,7 @@ def test_functional_view_leaves_model_untouched_and_carries_batchnorm_state():
 
 def test_auto_loop_rule_without_and_under_xla():
     """``unroll_loop="auto"``: K ≤ 10 unrolled in Python without XLA; under XLA only while the
-    graph holds K × B ≤ 20 unrolled steps (the meta-batch's tasks run one after the other)."""
+    graph holds K × B ≤ 10 unrolled steps (the meta-batch's tasks run one after the other)."""
     from ml3tf.inner import AUTO_PYTHON_LOOP_MAX, AUTO_XLA_PYTHON_COPIES_MAX, resolve_loop
 
     assert resolve_loop("auto", AUTO_PYTHON_LOOP_MAX) == "python"
@@ -147,13 +147,13 @@ def test_auto_loop_rule_without_and_under_xla():
     assert resolve_loop("auto", 10, jit_compile=True, copies=16) == "while"
     assert resolve_loop("python", 100, jit_compile=True, copies=16) == "python"  # asked for: kept
     assert resolve_loop("while", 1) == "while"
-    trainer = MetaTrainer(ToyTask(), MetaTrainConfig(inner_steps=7, meta_batch_size=3, jit_compile=True))
+    trainer = MetaTrainer(ToyTask(), MetaTrainConfig(inner_steps=6, meta_batch_size=2, jit_compile=True))
     assert trainer.unroll_loop == "while"
-    assert MetaTrainer(ToyTask(), MetaTrainConfig(inner_steps=7, meta_batch_size=3)).unroll_loop == "python"
+    assert MetaTrainer(ToyTask(), MetaTrainConfig(inner_steps=6, meta_batch_size=2)).unroll_loop == "python"
 
 
 def test_xla_chunk_with_while_loop_equals_python_unrolled(float64):
-    """The XLA chunk that "auto" turns into a ``tf.while_loop`` (K × B = 21) takes the same φ
+    """The XLA chunk that "auto" turns into a ``tf.while_loop`` (K × B = 12) takes the same φ
     trajectory as the Python-unrolled one: float64, two SGD meta-steps; the two differ only in
     the order XLA schedules the same operations (≤ ~1e-15 relative per step), a wrong step or
     a lost task by ≥ 1e-3."""
@@ -161,9 +161,9 @@ def test_xla_chunk_with_while_loop_equals_python_unrolled(float64):
     phis = {}
     for loop in ("auto", "python"):
         cfg = MetaTrainConfig(
-            inner_steps=7,
+            inner_steps=6,
             inner_lr=0.3,
-            meta_batch_size=3,
+            meta_batch_size=2,
             meta_optimizer="sgd",
             meta_lr=0.1,
             jit_compile=True,
