@@ -42,6 +42,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
   ``python bench/mountain_car.py --config fresh``;
 * ``shaped-sine-10-seeds``: docs/results/shaped_sine_10_seeds/results.json, written by
   ``python bench/shaped_sine.py --seeds 0 … 9 --out-dir docs/results/shaped_sine_10_seeds``;
+* ``shaped-sine-anchored``: docs/results/shaped_sine_anchored/results.json, written by
+  ``python bench/shaped_sine.py --config anchored``;
 * ``own-data``: bench/results/own_data.json, written by ``python bench/own_data.py`` (its
   hyper-parameters: bench/results/own_data_tuning.json, by ``python bench/own_data.py --tune``).
 """
@@ -496,6 +498,15 @@ def render_shaped_sine_10_seeds() -> str:
     )
 
 
+def render_shaped_sine_anchored() -> str:
+    """docs/results/shaped_sine_anchored/ (``--config anchored``: an option beside the protocol)."""
+    return _bench_table(
+        "shaped_sine",
+        "docs/results/shaped_sine_anchored/results.json",
+        detail=lambda res: f" for both learned arms × {len(res['seeds'])} seeds",
+    )
+
+
 def render_model_free() -> str:
     return _bench_table(
         "model_free",
@@ -609,6 +620,11 @@ def render(text: str) -> tuple[str, list[str]]:
             "shaped-sine-10-seeds",
             ("docs", "results", "shaped_sine_10_seeds", "results.json"),
             render_shaped_sine_10_seeds,
+        ),
+        (
+            "shaped-sine-anchored",
+            ("docs", "results", "shaped_sine_anchored", "results.json"),
+            render_shaped_sine_anchored,
         ),
     ):
         if _exists(*path):

@@ -48,6 +48,16 @@ class MetaLossNetwork(keras.Model):
         output_scale: an optional fixed factor on the output (saved, not learned): with
             ``input_scale = 1/σ`` and ``output_scale = σ²`` a loss network reads and returns
             values in the targets' units (``M(ŷ, y) = σ² · g((ŷ − μ)/σ, (y − μ)/σ)``).
+        anchor_pairs: optional pairs ``(i, j)`` of feature columns, column ``i`` a prediction
+            and column ``j`` its target. The network then returns
+
+                M_φ(f) = (m_φ(f) − m_φ(f|ŷ←y))²
+
+            where ``m_φ`` is the MLP above and ``f|ŷ←y`` the features with every column ``i``
+            replaced by its column ``j``: a loss that is non-negative and exactly 0 wherever
+            every prediction equals its target, so fitting the data is always a global
+            minimiser of the learned loss — meta-training shapes the loss around that
+            minimum but cannot move it. ``None`` (default): the plain network.
 
     Example:
         >>> import numpy as np
@@ -68,6 +78,7 @@ class MetaLossNetwork(keras.Model):
         input_shift: Sequence[float] | None = None,
         input_scale: Sequence[float] | None = None,
         output_scale: float | None = None,
+        anchor_pairs: Sequence[Sequence[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -93,6 +104,7 @@ class MetaLossNetwork(keras.Model):
         if output_scale is not None and not (math.isfinite(float(output_scale)) and float(output_scale) > 0):
             raise ValueError(f"output_scale must be a positive finite number, got {output_scale!r}")
         self.output_scale = None if output_scale is None else float(output_scale)
+        self.anchor_pairs = self._anchor_pairs(anchor_pairs)
         self.hidden_layers = [
             keras.layers.Dense(
                 h,
@@ -127,7 +139,43 @@ class MetaLossNetwork(keras.Model):
             raise ValueError(f"{name} must hold {self.input_dim} finite numbers, got {values!r}")
         return out
 
+    def _anchor_pairs(self, pairs: Sequence[Sequence[int]] | None) -> tuple[tuple[int, int], ...] | None:
+        if pairs is None:
+            return None
+        try:
+            out = tuple((i, j) for i, j in pairs)
+        except (TypeError, ValueError):
+            out = ()
+        columns = [v for pair in out for v in pair]
+        predictions = [i for i, _ in out]
+        if (
+            not out
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < self.input_dim for v in columns
+            )
+            or any(i == j for i, j in out)
+            or len(set(predictions)) != len(predictions)
+            or set(predictions) & {j for _, j in out}
+        ):
+            raise ValueError(
+                "anchor_pairs must be non-empty (prediction, target) pairs of integer columns in "
+                f"[0, {self.input_dim}), each prediction once and never also a target; got {pairs!r}"
+            )
+        return out
+
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        out = self._mlp(inputs)
+        if self.anchor_pairs is not None:
+            columns = list(range(self.input_dim))
+            for i, j in self.anchor_pairs:
+                columns[i] = j
+            out = tf.square(out - self._mlp(tf.gather(inputs, columns, axis=-1)))
+        if self.output_scale is not None:
+            out = out * tf.constant(self.output_scale, out.dtype)
+        return out
+
+    def _mlp(self, inputs: tf.Tensor) -> tf.Tensor:
+        """``m_φ``: the affine input map, the layers and the output activation."""
         h = inputs
         if self.input_shift is not None:
             h = h - tf.constant(self.input_shift, h.dtype)
@@ -142,8 +190,6 @@ class MetaLossNetwork(keras.Model):
             out = tf.nn.relu(out)
         elif self.output_activation == "exp":
             out = tf.exp(out)
-        if self.output_scale is not None:
-            out = out * tf.constant(self.output_scale, out.dtype)
         return out
 
     def loss_value(self, y_pred: Any, y_true: Any, extra: Any = None) -> tf.Tensor:
@@ -169,6 +215,8 @@ class MetaLossNetwork(keras.Model):
                 config[name] = list(getattr(self, name))
         if self.output_scale is not None:
             config["output_scale"] = self.output_scale
+        if self.anchor_pairs is not None:
+            config["anchor_pairs"] = [list(p) for p in self.anchor_pairs]
         return config
 
 

@@ -68,6 +68,10 @@ class ShapedSineOptions:
     """A learner succeeds when |ω − v| ≤ tolerance after the meta-test steps."""
     meta_loss_hidden: tuple[int, ...] = (10, 10, 10)
     """Hidden widths of the loss network (ELU, biases, linear output)."""
+    anchored_loss: bool = False
+    """False (the authors'): M_φ(x, ŷ, y) = m_φ(x, ŷ, y). True: M_φ = (m_φ(x, ŷ, y) − m_φ(x, y, y))²
+    (``MetaLossNetwork(anchor_pairs=[(1, 2)])``), zero exactly where ŷ = y: ω = v is then always a
+    global minimum of the learned loss and meta-training shapes only the landscape around it."""
 
     def __post_init__(self) -> None:
         for name in ("n_points", "n_inits"):
@@ -86,6 +90,8 @@ class ShapedSineOptions:
             raise ValueError("omega0 and test_frequency must be finite")
         if not self.meta_loss_hidden:
             raise ValueError("meta_loss_hidden needs at least one layer")
+        if not isinstance(self.anchored_loss, bool):
+            raise ValueError(f"anchored_loss must be a bool, got {self.anchored_loss!r}")
 
 
 class ShapedSineTask(SupervisedTask):
@@ -121,6 +127,7 @@ class ShapedSineTask(SupervisedTask):
             activation="elu",
             use_bias=True,
             output_activation="linear",
+            anchor_pairs=[(1, 2)] if self.options.anchored_loss else None,
         )
 
     # --- what the loss sees, task and extra loss ---------------------------------------

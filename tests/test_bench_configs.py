@@ -48,6 +48,11 @@ def test_named_configurations(name):
     )
     with pytest.raises(ValueError, match=r"config.*'nope'"):
         bench.config_for(task, "nope")
+    # task options a configuration changes beside its MetaTrainConfig fields: valid, and different
+    for config, options in getattr(bench, "TASK_OPTIONS", {}).items():
+        assert config in bench.CONFIGS and options
+        changed = tasks.get(name, **options).describe_options()
+        assert all(changed[k] == v != task.describe_options()[k] for k, v in options.items())
 
 
 def test_mountain_car_diagnosis_reads_the_run(tmp_path):

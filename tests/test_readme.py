@@ -39,6 +39,7 @@ def test_readme_numbers_are_generated():
         "mountain-car-robust",
         "mountain-car-fresh",
         "shaped-sine-10-seeds",
+        "shaped-sine-anchored",
         "own-data",
     ):
         assert f"<!-- generated:{name} -->" in readme and f"<!-- /generated:{name} -->" in readme
