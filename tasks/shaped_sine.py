@@ -15,6 +15,11 @@ The MSE landscape in ω is badly non-convex (``sin`` aliases); the shaped object
 teaches M_φ a loss that is convex around the true frequency. Meta-test at v = 0.7 on
 x = −5, −4.9, …, 4.9, where v is unknown and the learner sees only (x, ŷ, y).
 
+Option beside the protocol: ``anchored_loss=True`` makes the loss network
+``M_φ = (m_φ(x, ŷ, y) − m_φ(x, y, y))²``, zero exactly at ŷ = y, so that ω = v is always the
+lowest point of the meta-test landscape (the protocol's failing seeds have a convex basin whose
+lowest point sits 0.05–0.1 from v, outside the success tolerance).
+
 Example:
     >>> import ml3tf
     >>> from ml3tf import tasks
