@@ -3,6 +3,7 @@
     python bench/mountain_car.py                    # 5 seeds, the issue's protocol (300 meta-steps)
     python bench/mountain_car.py --meta-steps 1000  # the authors' script runs 1000
     python bench/mountain_car.py --config robust    # 10 seeds, an option beside the protocol (CONFIGS)
+    python bench/mountain_car.py --gain-map         # where in gain space a policy reaches (no training)
 
 Arms, on the authors' physics from the start (−0.55, 0), horizon 35:
 
@@ -275,6 +276,113 @@ def policy_gains(params: list) -> list[float]:
     return (w1 @ w2).ravel().tolist()
 
 
+#: The (k_p, k_v) grid of ``gain_map``: 0 and ± log-spaced magnitudes.
+GAIN_GRID = np.concatenate([-np.logspace(2, -2, 17), [0.0], np.logspace(-2, 2, 17)])
+
+
+def reaches(kp: float, kv: float, start=None, horizon: int = 35) -> bool:
+    """Whether the linear policy a = k_p·p + k_v·v reaches p ≥ 0.5 within ``horizon`` steps of the
+    authors' physics (NumPy float64, ``tasks.mountain_car.rollout_numpy``)."""
+    from ml3tf.tasks.mountain_car import START, rollout_numpy
+
+    states, _ = rollout_numpy(lambda s: kp * s[0] + kv * s[1], START if start is None else start, horizon)
+    return bool(states[:, 0].max() >= 0.5)
+
+
+def gain_map(seeds: list[int], out_dir: str) -> dict:
+    """Why fresh policies fail, without any training: the policy 2 → 200 → 1 (linear, no biases) is
+    a = k_p·p + k_v·v with (k_p, k_v) = W₁W₂, so where it reaches the goal is a region of the gain
+    plane. Maps that region on ``GAIN_GRID`` and puts the gains of the fresh meta-test policies
+    (``task.test_params(seed)``) of ``seeds`` on it: how many lie inside, how far they are from it.
+    Writes results.json and gain_region.png to ``out_dir``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from bench.sine import machine
+    from ml3tf import tasks
+
+    task = tasks.get("mountain_car")
+    start = time.perf_counter()
+    grid = GAIN_GRID
+    region = np.array(
+        [[reaches(kp, kv, task.options.start, task.options.horizon) for kv in grid] for kp in grid]
+    )
+    fresh = []
+    for seed in seeds:
+        w1, w2 = task.test_params(seed)
+        fresh += [(a @ b).ravel().tolist() for a, b in zip(w1, w2, strict=True)]
+    fresh_arr = np.asarray(fresh)
+    inside_kp = grid[region.any(axis=1)]
+    inside_kv = grid[region.any(axis=0)]
+    results = {
+        "task": "mountain_car",
+        "what": "goal region of the linear policy's gains (k_p, k_v) and the fresh policies' gains",
+        "grid": grid.tolist(),
+        "reaches": region.astype(int).tolist(),
+        "region_kp_range": [float(inside_kp.min()), float(inside_kp.max())],
+        "region_kv_range": [float(inside_kv.min()), float(inside_kv.max())],
+        "fresh_gains": fresh,
+        "fresh_gain_std": fresh_arr.std(axis=0).tolist(),
+        "fresh_gain_abs_max": np.abs(fresh_arr).max(axis=0).tolist(),
+        "fresh_inside": int(
+            sum(reaches(kp, kv, task.options.start, task.options.horizon) for kp, kv in fresh)
+        ),
+        "seeds": seeds,
+        "n_test_policies": task.options.n_test_policies,
+        "command": "python bench/mountain_car.py --gain-map",
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "wall_seconds": time.perf_counter() - start,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    from ml3tf.results import write_results
+
+    write_results(results, os.path.join(out_dir, "results.json"))
+    plot_gain_map(results, out_dir)
+    return results
+
+
+def gain_map_table(res: dict) -> str:
+    """README block ``mountain-car-gain-region``: the region's extent and the fresh policies on it."""
+    kp, kv = res["region_kp_range"], res["region_kv_range"]
+    n = len(res["fresh_gains"])
+    sp, sv = res["fresh_gain_std"]
+    return (
+        "On the grid of ±10⁻²…10² (and 0) in each gain, the policy reaches the goal only for "
+        f"k_p ∈ [{kp[0]:.3g}, {kp[1]:.3g}] and k_v ∈ [{kv[0]:.3g}, {kv[1]:.3g}], not everywhere in "
+        f"that box (plot). The {n} fresh meta-test policies (seeds {res['seeds'][0]}–"
+        f"{res['seeds'][-1]}, {res['n_test_policies']} each) have gains of std ({sp:.3f}, {sv:.3f}), at most "
+        f"({res['fresh_gain_abs_max'][0]:.3f}, {res['fresh_gain_abs_max'][1]:.3f}) in magnitude; "
+        f"{res['fresh_inside']} of them reach the goal as drawn."
+    )
+
+
+def plot_gain_map(res: dict, out_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.asarray(res["grid"])
+    idx = np.arange(len(grid))
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.imshow(np.asarray(res["reaches"]), origin="lower", cmap="Greens", aspect="auto", alpha=0.8)
+
+    def to_index(values):  # the gains on the symmetric-log grid's index axis
+        return np.interp(np.asarray(values), grid, idx)
+
+    fresh = np.asarray(res["fresh_gains"])
+    ax.scatter(to_index(fresh[:, 1]), to_index(fresh[:, 0]), s=8, color="tab:red", label="fresh policies θ₀")
+    ticks = idx[(len(grid) // 2) % 4 :: 4]  # every fourth node, 0 among them
+    ax.set_xticks(ticks, [f"{grid[i]:.2g}" for i in ticks], rotation=60, fontsize=7)
+    ax.set_yticks(ticks, [f"{grid[i]:.2g}" for i in ticks], fontsize=7)
+    ax.set_xlabel("velocity gain k_v")
+    ax.set_ylabel("position gain k_p")
+    ax.set_title("MountainCar: gains that reach the goal (green), fresh policies (red)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "gain_region.png"), dpi=110)
+    plt.close(fig)
+
+
 def diagnose(params0: list, params1: list, run_dir: str) -> dict:
     """Why a seed succeeds or fails: the policy's gains at θ₀ and after the meta-test step(s), and
     from the run's metrics.jsonl the meta-objective and the meta-gradient norm (means over the
@@ -462,8 +570,19 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: DEFAULT_SEEDS[config]")
     ap.add_argument("--meta-steps", type=int, default=None)
     ap.add_argument("--out-dir", default=None, help="default: default_out_dir(config)")
+    ap.add_argument(
+        "--gain-map",
+        action="store_true",
+        help="only map the goal region in gain space (docs/results/mountain_car_gain_region/), no training",
+    )
     args = ap.parse_args()
     seeds = DEFAULT_SEEDS[args.config] if args.seeds is None else args.seeds
+    if args.gain_map:
+        out_dir = args.out_dir or os.path.join(REPO, "docs", "results", "mountain_car_gain_region")
+        res = gain_map(list(range(10)) if args.seeds is None else args.seeds, out_dir)
+        print(gain_map_table(res))
+        print(f"\nwrote {out_dir}/results.json and gain_region.png ({res['wall_seconds']:.0f} s)")
+        return
     out_dir = default_out_dir(args.config) if args.out_dir is None else args.out_dir
     res = run(seeds, args.meta_steps, out_dir, args.config)
     print(table(res))

@@ -42,6 +42,8 @@ Blocks between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` are 
   ``python bench/mountain_car.py --config fresh``;
 * ``shaped-sine-10-seeds``: docs/results/shaped_sine_10_seeds/results.json, written by
   ``python bench/shaped_sine.py --seeds 0 … 9 --out-dir docs/results/shaped_sine_10_seeds``;
+* ``mountain-car-gain-region``: docs/results/mountain_car_gain_region/results.json, written by
+  ``python bench/mountain_car.py --gain-map``;
 * ``shaped-sine-anchored``: docs/results/shaped_sine_anchored/results.json, written by
   ``python bench/shaped_sine.py --config anchored``;
 * ``own-data``: bench/results/own_data.json, written by ``python bench/own_data.py`` (its
@@ -489,6 +491,19 @@ def render_mountain_car_fresh() -> str:
     )
 
 
+def render_mountain_car_gain_region() -> str:
+    """docs/results/mountain_car_gain_region/ (``--gain-map``: the goal region in gain space)."""
+    path = "docs/results/mountain_car_gain_region/results.json"
+    with open(os.path.join(REPO, path)) as f:
+        res = json.load(f)
+    m = res["machine"]
+    return (
+        _bench_module("mountain_car").gain_map_table(res)
+        + f"\n\nWritten by `{res['command']}` on {m['cpu']} ×{m['cpu_count']} cores into [{path}]({path}) "
+        f"({res['wall_seconds']:.0f} s, {res['date']})."
+    )
+
+
 def render_shaped_sine_10_seeds() -> str:
     """docs/results/shaped_sine_10_seeds/ (the authors' protocol, seeds 0 … 9)."""
     return _bench_table(
@@ -620,6 +635,11 @@ def render(text: str) -> tuple[str, list[str]]:
             "shaped-sine-10-seeds",
             ("docs", "results", "shaped_sine_10_seeds", "results.json"),
             render_shaped_sine_10_seeds,
+        ),
+        (
+            "mountain-car-gain-region",
+            ("docs", "results", "mountain_car_gain_region", "results.json"),
+            render_mountain_car_gain_region,
         ),
         (
             "shaped-sine-anchored",

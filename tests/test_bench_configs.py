@@ -133,3 +133,57 @@ def test_mountain_car_fresh_configuration_runs_a_tiny_version(tmp_path):
     assert per.shape == (2, cfg.eval_steps + 2) and np.all((per >= 0) & (per <= 1))
     # every share is a count of the 3 fresh policies of the seed
     np.testing.assert_allclose(per * 3, np.round(per * 3), atol=1e-6)
+
+
+def test_mountain_car_gain_map(tmp_path):
+    """``--gain-map``: the region is the set of gains whose policy reaches the goal — checked against
+    the task's TF rollout of a 2 → 1 → 1 policy with those gains (another implementation of the
+    policy and the physics) — and the fresh policies are the task's meta-test draws."""
+    import numpy as np
+    import tensorflow as tf
+
+    from ml3tf.functional import FunctionalModel
+
+    bench = _bench("mountain_car")
+    res = bench.gain_map([0, 1], str(tmp_path))
+    grid, region = np.asarray(res["grid"]), np.asarray(res["reaches"])
+    assert region.shape == (len(grid), len(grid)) and 0 < region.sum() < region.size
+    task = tasks.get("mountain_car", policy_hidden=1)
+    learner = FunctionalModel(task.make_learner())
+    start = tf.constant(task.options.start, tf.float32)
+    from ml3tf.tasks.mountain_car import rollout_numpy
+
+    def top64(kp, kv):
+        return rollout_numpy(lambda s: kp * s[0] + kv * s[1])[0][:, 0].max()
+
+    # cells away from the region's edge, where float32 and float64 rollouts cannot disagree: inside
+    # with all four neighbours inside, outside with the float64 rollout at least 0.05 below the goal
+    n = len(grid)
+    inside = [
+        (i, j)
+        for i, j in zip(*np.nonzero(region), strict=True)
+        if 0 < i < n - 1
+        and 0 < j < n - 1
+        and region[i - 1 : i + 2, j].all()
+        and region[i, j - 1 : j + 2].all()
+    ]
+    outside = [
+        (i, j) for i, j in zip(*np.nonzero(region == 0), strict=True) if top64(grid[i], grid[j]) < 0.45
+    ]
+    rng = np.random.default_rng(0)
+    for i, j in [inside[k] for k in rng.choice(len(inside), 6)] + [
+        outside[k] for k in rng.choice(len(outside), 6)
+    ]:
+        params = [tf.constant([[grid[i]], [grid[j]]], tf.float32), tf.constant([[1.0]])]
+        states, _ = task.rollout(learner, params, start)
+        top = float(tf.reduce_max(states[:, 0]))
+        assert (top >= 0.5 - 1e-6) == bool(region[i, j]), (grid[i], grid[j], top)
+    fresh = tasks.get("mountain_car")
+    w1, w2 = fresh.test_params(1)
+    np.testing.assert_allclose(res["fresh_gains"][-1], (w1[-1] @ w2[-1]).ravel(), rtol=1e-6)
+    assert len(res["fresh_gains"]) == 2 * fresh.options.n_test_policies
+    assert res["fresh_inside"] == sum(bench.reaches(kp, kv) for kp, kv in res["fresh_gains"])
+    kp = grid[region.any(axis=1)]
+    assert res["region_kp_range"] == [kp.min(), kp.max()]
+    assert (tmp_path / "results.json").exists() and (tmp_path / "gain_region.png").exists()
+    assert f"k_p ∈ [{kp.min():.3g}" in bench.gain_map_table(res)

@@ -40,6 +40,7 @@ def test_readme_numbers_are_generated():
         "mountain-car-fresh",
         "shaped-sine-10-seeds",
         "shaped-sine-anchored",
+        "mountain-car-gain-region",
         "own-data",
     ):
         assert f"<!-- generated:{name} -->" in readme and f"<!-- /generated:{name} -->" in readme
