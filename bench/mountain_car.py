@@ -276,6 +276,8 @@ def policy_gains(params: list) -> list[float]:
     return (w1 @ w2).ravel().tolist()
 
 
+#: Adam on the meta-objective itself from fresh policies (``descend_meta_objective``).
+DESCENT_LR, DESCENT_STEPS = 1e-2, 300
 #: The (k_p, k_v) grid of ``gain_map``: 0 and ± log-spaced magnitudes.
 GAIN_GRID = np.concatenate([-np.logspace(2, -2, 17), [0.0], np.logspace(-2, 2, 17)])
 
@@ -289,12 +291,15 @@ def reaches(kp: float, kv: float, start=None, horizon: int = 35) -> bool:
     return bool(states[:, 0].max() >= 0.5)
 
 
-def gain_map(seeds: list[int], out_dir: str) -> dict:
+def gain_map(
+    seeds: list[int], out_dir: str, descent_lr: float = DESCENT_LR, descent_steps: int = DESCENT_STEPS
+) -> dict:
     """Why fresh policies fail, without any training: the policy 2 → 200 → 1 (linear, no biases) is
     a = k_p·p + k_v·v with (k_p, k_v) = W₁W₂, so where it reaches the goal is a region of the gain
     plane. Maps that region on ``GAIN_GRID`` and puts the gains of the fresh meta-test policies
-    (``task.test_params(seed)``) of ``seeds`` on it: how many lie inside, how far they are from it.
-    Writes results.json and gain_region.png to ``out_dir``."""
+    (``task.test_params(seed)``) of ``seeds`` on it: how many lie inside, how far they are from it;
+    and where Adam directly on the meta-objective takes the first seed's fresh policies
+    (``descend_meta_objective``). Writes results.json and gain_region.png to ``out_dir``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bench.sine import machine
     from ml3tf import tasks
@@ -325,6 +330,12 @@ def gain_map(seeds: list[int], out_dir: str) -> dict:
         "fresh_inside": int(
             sum(reaches(kp, kv, task.options.start, task.options.horizon) for kp, kv in fresh)
         ),
+        "adam_on_the_meta_objective": {
+            "seed": seeds[0],
+            "lr": descent_lr,
+            "steps": descent_steps,
+            "policies": descend_meta_objective(task, seeds[0], descent_lr, descent_steps),
+        },
         "seeds": seeds,
         "n_test_policies": task.options.n_test_policies,
         "command": "python bench/mountain_car.py --gain-map",
@@ -340,6 +351,51 @@ def gain_map(seeds: list[int], out_dir: str) -> dict:
     return results
 
 
+def descend_meta_objective(task, seed: int, lr: float = DESCENT_LR, steps: int = DESCENT_STEPS) -> list[dict]:
+    """Adam (``lr``, ``steps``) directly on the meta-objective L_extra (which knows the sub-goal) from
+    each fresh policy of ``seed``: the first step at which it reaches the goal (None: never), its
+    final gains and L_extra, and the fraction of its actions at the ±0.25 clamp, where the policy's
+    gradient is 0."""
+    import keras
+    import tensorflow as tf
+
+    from ml3tf.functional import FunctionalModel
+    from ml3tf.tasks.mountain_car import MAX_ACTION
+
+    learner = FunctionalModel(task.make_learner())
+    start = tf.constant(task.options.start, tf.float32)
+    bound = np.float32(MAX_ACTION)
+
+    @tf.function
+    def value_and_grad(params):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            states, actions = task.rollout(learner, params, start)
+            loss = task.trajectory_extra_loss(states)
+        return loss, tape.gradient(loss, params), tf.reduce_max(states[:, 0]), actions
+
+    rows = []
+    for w1, w2 in zip(*task.test_params(seed), strict=True):
+        params = [tf.Variable(w1), tf.Variable(w2)]
+        opt = keras.optimizers.Adam(lr)
+        first = None
+        for k in range(steps + 1):
+            loss, grads, top, actions = value_and_grad(params)
+            if first is None and float(top) >= task.options.success_position:
+                first = k
+            if k < steps:
+                opt.apply_gradients(zip(grads, params, strict=True))
+        rows.append(
+            {
+                "reached_at_step": first,
+                "final_gains": (params[0].numpy() @ params[1].numpy()).ravel().tolist(),
+                "final_extra_loss": float(loss),
+                "saturated_fraction": float(np.mean(np.abs(actions.numpy()) >= bound * (1 - 1e-6))),
+            }
+        )
+    return rows
+
+
 def gain_map_table(res: dict) -> str:
     """README block ``mountain-car-gain-region``: the region's extent and the fresh policies on it."""
     kp, kv = res["region_kp_range"], res["region_kv_range"]
@@ -352,7 +408,37 @@ def gain_map_table(res: dict) -> str:
         f"{res['seeds'][-1]}, {res['n_test_policies']} each) have gains of std ({sp:.3f}, {sv:.3f}), at most "
         f"({res['fresh_gain_abs_max'][0]:.3f}, {res['fresh_gain_abs_max'][1]:.3f}) in magnitude; "
         f"{res['fresh_inside']} of them reach the goal as drawn."
+        + _descent_sentence(res["adam_on_the_meta_objective"])
     )
+
+
+def _descent_sentence(d: dict) -> str:
+    rows = d["policies"]
+    hit = [r for r in rows if r["reached_at_step"] is not None]
+    miss = [r for r in rows if r["reached_at_step"] is None]
+    text = (
+        f"\n\nAdam (lr {d['lr']:g}, {d['steps']} steps) directly on the meta-objective L_extra, from the "
+        f"{len(rows)} fresh policies of seed {d['seed']}: {len(hit)} reach the goal"
+    )
+    if hit:
+        text += (
+            f" (after {min(r['reached_at_step'] for r in hit)}–{max(r['reached_at_step'] for r in hit)} "
+            "steps, ending at gains "
+            + ", ".join(f"({r['final_gains'][0]:.2f}, {r['final_gains'][1]:.2f})" for r in hit)
+            + ", with "
+            + ", ".join(f"{r['saturated_fraction']:.0%}" for r in hit)
+            + " of their actions at the clamp: bang-bang)"
+        )
+    if miss:
+        text += (
+            f"; the other {len(miss)} stop at gains "
+            + ", ".join(f"({r['final_gains'][0]:.2f}, {r['final_gains'][1]:.2f})" for r in miss)
+            + " with "
+            + ", ".join(f"{r['saturated_fraction']:.0%}" for r in miss)
+            + " of their actions at the ±0.25 clamp, where the rollout's gradient in θ is zero: they "
+            "saturated before they reached the goal"
+        )
+    return text + "."
 
 
 def plot_gain_map(res: dict, out_dir: str) -> None:

@@ -145,7 +145,7 @@ def test_mountain_car_gain_map(tmp_path):
     from ml3tf.functional import FunctionalModel
 
     bench = _bench("mountain_car")
-    res = bench.gain_map([0, 1], str(tmp_path))
+    res = bench.gain_map([0, 1], str(tmp_path), descent_steps=0)
     grid, region = np.asarray(res["grid"]), np.asarray(res["reaches"])
     assert region.shape == (len(grid), len(grid)) and 0 < region.sum() < region.size
     task = tasks.get("mountain_car", policy_hidden=1)
@@ -186,4 +186,20 @@ def test_mountain_car_gain_map(tmp_path):
     kp = grid[region.any(axis=1)]
     assert res["region_kp_range"] == [kp.min(), kp.max()]
     assert (tmp_path / "results.json").exists() and (tmp_path / "gain_region.png").exists()
+    # Adam on the meta-objective: 0 steps leaves the fresh policies as drawn (none reaches), 2 move them
+    still = res["adam_on_the_meta_objective"]["policies"]
+    np.testing.assert_allclose([r["final_gains"] for r in still], res["fresh_gains"][:10], rtol=1e-6)
+    assert all(r["reached_at_step"] is None and 0 <= r["saturated_fraction"] <= 1 for r in still)
+    moved = bench.descend_meta_objective(fresh, 0, steps=2)
+    assert all(m["final_gains"] != r["final_gains"] for m, r in zip(moved, still, strict=True))
+    # the loss it reports is L_extra of the policy it reports (0 steps: the fresh draw itself)
+    full = FunctionalModel(fresh.make_learner())
+    w1, w2 = fresh.test_params(0)
+    states, _ = fresh.rollout(full, [tf.constant(w1[2]), tf.constant(w2[2])], start)
+    # the same float32 ops, once in a tf.function and once eagerly (measured identical); 1e-4 leaves
+    # room for a fused kernel's rounding through 35 steps, while this policy one Adam step on has an
+    # L_extra 20% different (measured)
+    np.testing.assert_allclose(
+        still[2]["final_extra_loss"], float(fresh.trajectory_extra_loss(states)), rtol=1e-4
+    )
     assert f"k_p ∈ [{kp.min():.3g}" in bench.gain_map_table(res)
