@@ -64,6 +64,8 @@ class MetaLossNetwork(keras.Model):
         >>> net = MetaLossNetwork(input_dim=2, hidden_units=(50, 50), use_bias=False)
         >>> per_example = net(np.zeros((4, 2), "float32"))   # shape (4, 1)
         >>> value = net.loss_value(np.zeros((4, 1)), np.ones((4, 1)))  # mean over the batch
+        >>> anchored = MetaLossNetwork(2, (16,), "elu", use_bias=True, anchor_pairs=[(0, 1)])
+        >>> anchored(np.ones((4, 2), "float32"))  # ŷ = y: exactly 0 for any φ
     """
 
     def __init__(
