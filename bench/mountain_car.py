@@ -282,13 +282,18 @@ DESCENT_LR, DESCENT_STEPS = 1e-2, 300
 GAIN_GRID = np.concatenate([-np.logspace(2, -2, 17), [0.0], np.logspace(-2, 2, 17)])
 
 
-def reaches(kp: float, kv: float, start=None, horizon: int = 35) -> bool:
-    """Whether the linear policy a = k_p·p + k_v·v reaches p ≥ 0.5 within ``horizon`` steps of the
-    authors' physics (NumPy float64, ``tasks.mountain_car.rollout_numpy``)."""
+def max_position(kp: float, kv: float, start=None, horizon: int = 35) -> float:
+    """The highest position the linear policy a = k_p·p + k_v·v reaches within ``horizon`` steps of
+    the authors' physics (NumPy float64, ``tasks.mountain_car.rollout_numpy``)."""
     from ml3tf.tasks.mountain_car import START, rollout_numpy
 
     states, _ = rollout_numpy(lambda s: kp * s[0] + kv * s[1], START if start is None else start, horizon)
-    return bool(states[:, 0].max() >= 0.5)
+    return float(states[:, 0].max())
+
+
+def reaches(kp: float, kv: float, start=None, horizon: int = 35, success_position: float = 0.5) -> bool:
+    """Whether that policy reaches p ≥ ``success_position`` (``max_position``)."""
+    return max_position(kp, kv, start, horizon) >= success_position
 
 
 def gain_map(
@@ -307,9 +312,12 @@ def gain_map(
     task = tasks.get("mountain_car")
     start = time.perf_counter()
     grid = GAIN_GRID
-    region = np.array(
-        [[reaches(kp, kv, task.options.start, task.options.horizon) for kv in grid] for kp in grid]
-    )
+    o = task.options
+
+    def reached(kp: float, kv: float) -> bool:
+        return reaches(kp, kv, o.start, o.horizon, o.success_position)
+
+    region = np.array([[reached(kp, kv) for kv in grid] for kp in grid])
     fresh = []
     for seed in seeds:
         w1, w2 = task.test_params(seed)
@@ -327,9 +335,7 @@ def gain_map(
         "fresh_gains": fresh,
         "fresh_gain_std": fresh_arr.std(axis=0).tolist(),
         "fresh_gain_abs_max": np.abs(fresh_arr).max(axis=0).tolist(),
-        "fresh_inside": int(
-            sum(reaches(kp, kv, task.options.start, task.options.horizon) for kp, kv in fresh)
-        ),
+        "fresh_inside": int(sum(reached(kp, kv) for kp, kv in fresh)),
         "adam_on_the_meta_objective": {
             "seed": seeds[0],
             "lr": descent_lr,

@@ -428,15 +428,18 @@ def _bench_module(name: str):
     return importlib.import_module(f"bench.{name}")
 
 
-def _bench_table(name: str, path: str, command: str | None = None, detail=lambda res: "") -> str:
-    """``bench/<name>.py``'s ``table`` of the results in ``path``, then how, where and on what
-    machine they were written (``command`` defaults to the one the results file records)."""
+def _bench_table(
+    name: str, path: str, command: str | None = None, detail=lambda res: "", table: str = "table"
+) -> str:
+    """``bench/<name>.py``'s ``table`` (or the renderer named ``table``) of the results in ``path``,
+    then how, where and on what machine they were written (``command`` defaults to the one the
+    results file records)."""
     with open(os.path.join(REPO, path)) as f:
         res = json.load(f)
     m = res["machine"]
     command = res["command"] if command is None else command
     return (
-        _bench_module(name).table(res) + f"\n\nWritten by `{command}` on "
+        getattr(_bench_module(name), table)(res) + f"\n\nWritten by `{command}` on "
         f"{m['cpu']} ×{m['cpu_count']} cores, TF {m['tensorflow']} into [{path}]({path}) "
         f"({res['wall_seconds']:.0f} s{detail(res)})."
     )
@@ -493,14 +496,11 @@ def render_mountain_car_fresh() -> str:
 
 def render_mountain_car_gain_region() -> str:
     """docs/results/mountain_car_gain_region/ (``--gain-map``: the goal region in gain space)."""
-    path = "docs/results/mountain_car_gain_region/results.json"
-    with open(os.path.join(REPO, path)) as f:
-        res = json.load(f)
-    m = res["machine"]
-    return (
-        _bench_module("mountain_car").gain_map_table(res)
-        + f"\n\nWritten by `{res['command']}` on {m['cpu']} ×{m['cpu_count']} cores into [{path}]({path}) "
-        f"({res['wall_seconds']:.0f} s, {res['date']})."
+    return _bench_table(
+        "mountain_car",
+        "docs/results/mountain_car_gain_region/results.json",
+        detail=lambda res: f", {res['date']}",
+        table="gain_map_table",
     )
 
 
@@ -613,40 +613,18 @@ def render(text: str) -> tuple[str, list[str]]:
         put("keras-learned-loss", render_keras_learned_loss())
     if _exists("docs", "results", "maml_sine", "broader.json"):
         put("maml-sine", render_maml_sine())
-    for name, path, render_one in (
-        ("shaped-sine", ("docs", "results", "shaped_sine", "results.json"), render_shaped_sine),
-        (
-            "inverse-dynamics",
-            ("docs", "results", "inverse_dynamics", "results.json"),
-            render_inverse_dynamics,
-        ),
-        ("mountain-car", ("docs", "results", "mountain_car", "results.json"), render_mountain_car),
-        (
-            "mountain-car-robust",
-            ("docs", "results", "mountain_car_robust", "results.json"),
-            render_mountain_car_robust,
-        ),
-        (
-            "mountain-car-fresh",
-            ("docs", "results", "mountain_car_fresh", "results.json"),
-            render_mountain_car_fresh,
-        ),
-        (
-            "shaped-sine-10-seeds",
-            ("docs", "results", "shaped_sine_10_seeds", "results.json"),
-            render_shaped_sine_10_seeds,
-        ),
-        (
-            "mountain-car-gain-region",
-            ("docs", "results", "mountain_car_gain_region", "results.json"),
-            render_mountain_car_gain_region,
-        ),
-        (
-            "shaped-sine-anchored",
-            ("docs", "results", "shaped_sine_anchored", "results.json"),
-            render_shaped_sine_anchored,
-        ),
+    # each block's results: docs/results/<name with _ for ->/results.json
+    for name, render_one in (
+        ("shaped-sine", render_shaped_sine),
+        ("inverse-dynamics", render_inverse_dynamics),
+        ("mountain-car", render_mountain_car),
+        ("mountain-car-robust", render_mountain_car_robust),
+        ("mountain-car-fresh", render_mountain_car_fresh),
+        ("shaped-sine-10-seeds", render_shaped_sine_10_seeds),
+        ("mountain-car-gain-region", render_mountain_car_gain_region),
+        ("shaped-sine-anchored", render_shaped_sine_anchored),
     ):
+        path = ("docs", "results", name.replace("-", "_"), "results.json")
         if _exists(*path):
             put(name, render_one())
     if _exists("bench", "results", "classification.json"):

@@ -151,11 +151,6 @@ def test_mountain_car_gain_map(tmp_path):
     task = tasks.get("mountain_car", policy_hidden=1)
     learner = FunctionalModel(task.make_learner())
     start = tf.constant(task.options.start, tf.float32)
-    from ml3tf.tasks.mountain_car import rollout_numpy
-
-    def top64(kp, kv):
-        return rollout_numpy(lambda s: kp * s[0] + kv * s[1])[0][:, 0].max()
-
     # cells away from the region's edge, where float32 and float64 rollouts cannot disagree: inside
     # with all four neighbours inside, outside with the float64 rollout at least 0.05 below the goal
     n = len(grid)
@@ -168,7 +163,9 @@ def test_mountain_car_gain_map(tmp_path):
         and region[i, j - 1 : j + 2].all()
     ]
     outside = [
-        (i, j) for i, j in zip(*np.nonzero(region == 0), strict=True) if top64(grid[i], grid[j]) < 0.45
+        (i, j)
+        for i, j in zip(*np.nonzero(region == 0), strict=True)
+        if bench.max_position(grid[i], grid[j]) < 0.45
     ]
     rng = np.random.default_rng(0)
     for i, j in [inside[k] for k in rng.choice(len(inside), 6)] + [

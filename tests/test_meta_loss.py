@@ -6,6 +6,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ml3tf.meta_loss import MetaLossNetwork, load_meta_loss
 from tests.numerics import U64, gamma, relative_bound
@@ -92,49 +93,46 @@ def test_anchored_loss_is_zero_at_the_target_and_matches_its_formula(tmp_path, f
     """``anchor_pairs``: M(f) = (m(f) − m(f|ŷ←y))² — non-negative, exactly 0 with zero gradient
     where ŷ = y, its input gradient 2(m(f) − m(f_ref))·∂m/∂ŷ (float64 central differences), and it
     survives a .keras round trip by value."""
-    if True:
-        kw = dict(use_bias=True, output_activation="linear")
-        net = MetaLossNetwork(3, (8, 8), "tanh", anchor_pairs=[(1, 2)], **kw)
-        plain = MetaLossNetwork(3, (8, 8), "tanh", **kw)
-        plain.set_weights(net.get_weights())
-        f = np.random.default_rng(2).standard_normal((16, 3))
-        ref = f.copy()
-        ref[:, 1] = ref[:, 2]
-        m, m_ref = plain(f).numpy(), plain(ref).numpy()
-        # the formula itself. Both networks run the same float64 layers on the same rows; however a
-        # kernel orders its 8-term dot products, each m is within ~γ_8·Σ|terms| ≈ 1e-14·|m| of
-        # exact, and m − m_ref magnifies that by |m| / |m − m_ref| (the square doubles it)
-        rtol = 4 * 10 * gamma(8, U64) * np.max(np.abs(m)) / np.min(np.abs(m - m_ref))
-        np.testing.assert_allclose(net(f).numpy(), (m - m_ref) ** 2, rtol=rtol)
-        assert np.all(net(f).numpy() > 0)  # (a random f has ŷ ≠ y) and never negative
-        import tensorflow as tf
+    kw = dict(use_bias=True, output_activation="linear")
+    net = MetaLossNetwork(3, (8, 8), "tanh", anchor_pairs=[(1, 2)], **kw)
+    plain = MetaLossNetwork(3, (8, 8), "tanh", **kw)
+    plain.set_weights(net.get_weights())
+    f = np.random.default_rng(2).standard_normal((16, 3))
+    ref = f.copy()
+    ref[:, 1] = ref[:, 2]
+    m, m_ref = plain(f).numpy(), plain(ref).numpy()
+    # the formula itself. Both networks run the same float64 layers on the same rows; however a
+    # kernel orders its 8-term dot products, each m is within ~γ_8·Σ|terms| ≈ 1e-14·|m| of
+    # exact, and m − m_ref magnifies that by |m| / |m − m_ref| (the square doubles it)
+    rtol = 4 * 10 * gamma(8, U64) * np.max(np.abs(m)) / np.min(np.abs(m - m_ref))
+    np.testing.assert_allclose(net(f).numpy(), (m - m_ref) ** 2, rtol=rtol)
+    assert np.all(net(f).numpy() > 0)  # (a random f has ŷ ≠ y) and never negative
+    at_target = tf.constant(ref)
+    with tf.GradientTape() as tape:
+        tape.watch(at_target)
+        value = net(at_target)
+    grad = tape.gradient(value, at_target).numpy()
+    assert np.all(value.numpy() == 0.0) and np.all(grad == 0.0)  # (m − m)² and 2·0·∂m: exact zeros
 
-        at_target = tf.constant(ref)
-        with tf.GradientTape() as tape:
-            tape.watch(at_target)
-            value = net(at_target)
-        grad = tape.gradient(value, at_target).numpy()
-        assert np.all(value.numpy() == 0.0) and np.all(grad == 0.0)  # (m − m)² and 2·0·∂m: exact zeros
+    x = tf.constant(f)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = tf.reduce_sum(net(x))
+    grad = tape.gradient(value, x).numpy()
+    h = 1e-6
+    fd = np.zeros_like(f)
+    for col in range(3):
+        e = np.zeros_like(f)
+        e[:, col] = h
+        fd[:, col] = (net(f + e).numpy() - net(f - e).numpy())[:, 0] / (2 * h)
+    # central differences of a smooth function: O(h²·M''') truncation + O(u/h) rounding ≈ 1e-10
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
 
-        x = tf.constant(f)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = tf.reduce_sum(net(x))
-        grad = tape.gradient(value, x).numpy()
-        h = 1e-6
-        fd = np.zeros_like(f)
-        for col in range(3):
-            e = np.zeros_like(f)
-            e[:, col] = h
-            fd[:, col] = (net(f + e).numpy() - net(f - e).numpy())[:, 0] / (2 * h)
-        # central differences of a smooth function: O(h²·M''') truncation + O(u/h) rounding ≈ 1e-10
-        np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
-
-        path = str(tmp_path / "anchored.keras")
-        net.save(path)
-        loaded = load_meta_loss(path)
-        assert loaded.anchor_pairs == ((1, 2),)
-        np.testing.assert_array_equal(loaded(f).numpy(), net(f).numpy())
+    path = str(tmp_path / "anchored.keras")
+    net.save(path)
+    loaded = load_meta_loss(path)
+    assert loaded.anchor_pairs == ((1, 2),)
+    np.testing.assert_array_equal(loaded(f).numpy(), net(f).numpy())
 
 
 @pytest.mark.parametrize(
