@@ -147,15 +147,13 @@ def _kill_worker_1_after_first_checkpoint(tmp_path, out: str, extra: list[str]) 
             time.sleep(0.02)
         assert os.path.exists(index), _log(tmp_path, "cut", 0)[-2000:]
         os.kill(procs[1].pid, signal.SIGKILL)
-        started = time.monotonic()
-        code = procs[0].wait(timeout=LOST_TIMEOUT_S)  # no hang: TimeoutExpired fails the test
-        waited = time.monotonic() - started
+        # a hang guard, not a speed check: TimeoutExpired fails the test if worker 0 never exits
+        code = procs[0].wait(timeout=LOST_TIMEOUT_S)
     finally:
         _kill(procs)
     assert not os.path.exists(os.path.join(out, "meta_loss.keras")), "killed too late to test anything"
     lines = [line for line in _log(tmp_path, "cut", 0).splitlines() if line.strip()]
     assert code == 1, lines[-20:]
-    assert waited < LOST_TIMEOUT_S
     return lines[-1]
 
 
